@@ -1,0 +1,1 @@
+"""Subcommands of ``dexml-hf``; one module a command, each with ``register(subparsers)``."""

