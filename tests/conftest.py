@@ -71,11 +71,10 @@ def minilm(_minilm_session):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, minilm_path) -> Path:
     """A tiny random BERT (2 layers, 32 dims) with MiniLM's tokenizer, saved as a SentenceTransformer."""
+    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
-
-    import torch
 
     path = tmp_path_factory.mktemp("tiny-bert")
     raw = path / "raw"
