@@ -6,16 +6,28 @@ so ``HF_ENDPOINT`` is read by ``huggingface_hub`` when it first loads.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.hub_server import start_hub_server
 
+# --- the loopback Hub (tests/hub_server.py documents its routes) --------------------------------------------------
 HUB = start_hub_server()
+_HF_HOME = tempfile.mkdtemp(prefix="dexml-hf-home-")  # never read or write the user's ~/.cache/huggingface
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ["HF_ENDPOINT"] = HUB.endpoint
+os.environ["HF_HOME"] = _HF_HOME
+for _var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_TOKEN_PATH", "SENTENCE_TRANSFORMERS_HOME", "TRANSFORMERS_CACHE"):
+    os.environ.pop(_var, None)
+os.environ["HF_HUB_OFFLINE"] = "0"  # the "online" Hub is the loopback one: nothing else is reachable through it
+os.environ.pop("TRANSFORMERS_OFFLINE", None)
+os.environ.pop("HF_DATASETS_OFFLINE", None)
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
@@ -38,6 +50,31 @@ def hub_repo_id(request):
     """A fresh repo id per test, so tests never see each other's pushes."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:60]
     return f"dexml-tests/{name}-{os.urandom(3).hex()}"
+
+
+@pytest.fixture()
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty HF cache for one test (hub, datasets, sentence-transformers), so no download is reused."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    home = tmp_path / "hf-home"
+    subdirs = {
+        "HF_HOME": "",
+        "HF_HUB_CACHE": "hub",
+        "HF_DATASETS_CACHE": "datasets",
+        "SENTENCE_TRANSFORMERS_HOME": "st",
+    }
+    for env, sub in subdirs.items():
+        monkeypatch.setenv(env, str(home / sub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(home))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_CACHE_HOME", str(home))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", home / "datasets" / "downloads")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    return home
 
 
 @pytest.fixture(scope="session")
