@@ -1,0 +1,364 @@
+"""``XMCDataset``: an extreme multi-label dataset as Arrow tables (texts) + CSR matrices (labels).
+
+Texts stay in ``datasets.Dataset`` tables (memory-mapped when loaded from the Hub layout); the
+label structure is a scipy CSR per split (queries x labels, float32 relevance). Training views are
+drawn with vectorised numpy over the CSR and assembled with Arrow ``take``, so no Python list of
+millions of strings is ever built.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+SPLITS = ("train", "test", "validation")
+
+# Propensity parameters (A, B) of Jain et al. 2016 per dataset family (DESIGN.md §3).
+FAMILIES: dict[str, tuple[float, float]] = {
+    "generic": (0.55, 1.5),
+    "amazon": (0.6, 2.6),
+    "wikipedia": (0.5, 0.4),
+}
+
+TEXT_FEATURES = datasets.Features(
+    {"uid": datasets.Value("string"), "title": datasets.Value("string"), "content": datasets.Value("string")}
+)
+
+QUERY_TEXT_MODES = ("title", "content", "title_content")
+LABEL_TEXT_MODES = ("title", "title_alt")
+
+
+def infer_family(name: str | None) -> str:
+    """Guess the propensity family from a dataset name (``LF-AmazonTitles-131K`` -> ``amazon``)."""
+    if not name:
+        return "generic"
+    lowered = name.lower()
+    if "amazon" in lowered:
+        return "amazon"
+    if re.search(r"wiki", lowered):
+        return "wikipedia"
+    return "generic"
+
+
+def index_strings(n: int) -> pa.Array:
+    """``"0", "1", ..., str(n - 1)`` as an Arrow string array, without a Python list."""
+    return pc.cast(pa.array(np.arange(n, dtype=np.int64)), pa.string())
+
+
+def text_table(uid=None, title=None, content=None, n: int | None = None) -> datasets.Dataset:
+    """A ``uid, title, content`` Dataset from Arrow arrays or sequences; missing columns become ''."""
+    columns = {"uid": uid, "title": title, "content": content}
+    if n is None:
+        n = next(len(v) for v in columns.values() if v is not None)
+    arrays = {}
+    for key, value in columns.items():
+        if value is None:
+            arrays[key] = pa.nulls(n, type=pa.string()).fill_null("")
+        elif isinstance(value, (pa.Array, pa.ChunkedArray)):
+            arr = value.cast(pa.string()) if value.type != pa.string() else value
+            arrays[key] = arr.fill_null("") if arr.null_count else arr
+        else:
+            arrays[key] = pa.array([("" if v is None else str(v)) for v in value], type=pa.string())
+    return datasets.Dataset(pa.table(arrays), info=datasets.DatasetInfo(features=TEXT_FEATURES))
+
+
+def _column(ds: datasets.Dataset, name: str) -> pa.ChunkedArray:
+    """One column as Arrow, honouring an indices mapping (after ``select``) without copying otherwise."""
+    return ds.with_format("arrow")[:][name] if len(ds) else pa.chunked_array([], type=pa.string())
+
+
+def _as_array(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col
+
+
+def _join_nonempty(first: pa.Array, second: pa.Array, sep: str) -> pa.Array:
+    """``first + sep + second``, or whichever is non-empty alone (no dangling separators)."""
+    joined = pc.binary_join_element_wise(first, second, sep)
+    out = pc.if_else(pc.equal(pc.utf8_length(second), 0), first, joined)
+    return pc.if_else(pc.equal(pc.utf8_length(first), 0), second, out)
+
+
+@dataclass
+class _SplitSummary:
+    queries: int
+    positives: int
+    queries_without_labels: int
+
+    @property
+    def avg_labels(self) -> float:
+        return self.positives / max(self.queries, 1)
+
+
+class XMCDataset:
+    """An XMC dataset: query tables per split, one label table, CSR label matrices, filter pairs.
+
+    Args:
+        queries: split name -> ``datasets.Dataset`` with columns ``uid``, ``title``, ``content``.
+        labels: ``datasets.Dataset`` with ``uid``, ``title`` (label name) and ``content``
+            (alternative names / description); row ``i`` is label id ``i``.
+        label_matrices: split name -> CSR (queries x labels), relevance values kept (float32).
+        filters: split name -> int array (k, 2) of ``(query_idx, label_idx)`` pairs to remove from
+            predictions at evaluation (the LF "reciprocal pair" files).
+        family: ``generic`` | ``amazon`` | ``wikipedia`` (propensity A, B); default inferred from ``name``.
+        name: a display name (``EURLEX57K``); used to infer the family.
+
+    Queries without labels and labels never seen in train are kept, and reported by ``summary()``.
+    """
+
+    def __init__(
+        self,
+        queries: dict[str, datasets.Dataset],
+        labels: datasets.Dataset,
+        label_matrices: dict[str, sp.spmatrix],
+        filters: dict[str, np.ndarray] | None = None,
+        family: str | None = None,
+        name: str | None = None,
+    ):
+        self.name = name
+        family = family or infer_family(name)
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
+        self.family = family
+        if set(queries) != set(label_matrices):
+            raise ValueError(f"query splits {sorted(queries)} and label-matrix splits {sorted(label_matrices)} differ")
+        for table, what in [(labels, "labels"), *[(q, f"queries[{s!r}]") for s, q in queries.items()]]:
+            missing = {"uid", "title", "content"} - set(table.column_names)
+            if missing:
+                raise ValueError(f"{what} lacks columns {sorted(missing)}")
+        self.labels = labels
+        self.queries = dict(queries)
+        self.label_matrices: dict[str, sp.csr_matrix] = {}
+        num_labels = len(labels)
+        for split, matrix in label_matrices.items():
+            matrix = sp.csr_matrix(matrix, dtype=np.float32)
+            if matrix.shape != (len(queries[split]), num_labels):
+                raise ValueError(
+                    f"label matrix {split!r} has shape {matrix.shape}, expected "
+                    f"({len(queries[split])}, {num_labels}) = (queries, labels)"
+                )
+            matrix.sort_indices()
+            self.label_matrices[split] = matrix
+        self.filters: dict[str, np.ndarray] = {}
+        for split, pairs in (filters or {}).items():
+            pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+            if split not in self.queries:
+                raise ValueError(f"filters given for unknown split {split!r}")
+            bad = (pairs[:, 0] < 0) | (pairs[:, 0] >= len(self.queries[split]))
+            bad |= (pairs[:, 1] < 0) | (pairs[:, 1] >= num_labels)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"filters[{split!r}] pair {row} = {pairs[row].tolist()} is out of range")
+            self.filters[split] = pairs
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if s in self.queries] + [s for s in self.queries if s not in SPLITS]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def num_queries(self, split: str = "train") -> int:
+        return len(self.queries[split])
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{s}={self.num_queries(s)}" for s in self.splits)
+        return f"XMCDataset(name={self.name!r}, family={self.family!r}, labels={self.num_labels}, {parts})"
+
+    def label_frequencies(self, split: str = "train") -> np.ndarray:
+        """Number of ``split`` queries each label is a positive of (int64, length = num_labels)."""
+        matrix = self.label_matrices[split]
+        return np.bincount(matrix.indices, minlength=self.num_labels).astype(np.int64)
+
+    def inv_propensity(self, A: float | None = None, B: float | None = None) -> np.ndarray:  # noqa: N803
+        """Inverse propensities ``1 + C (n_l + B)^-A``, ``C = (ln N - 1)(B + 1)^A`` (Jain et al. 2016).
+
+        ``n_l`` are train frequencies and ``N`` the number of train queries; ``A``, ``B`` default to
+        the dataset family's values (DESIGN.md §3).
+        """
+        default_a, default_b = FAMILIES[self.family]
+        a = default_a if A is None else float(A)
+        b = default_b if B is None else float(B)
+        n = self.num_queries("train")
+        freq = self.label_frequencies("train").astype(np.float64)
+        c = (np.log(n) - 1.0) * (b + 1.0) ** a
+        return 1.0 + c * (freq + b) ** (-a)
+
+    def summary(self) -> dict:
+        """Counts per split, queries without labels, and labels never seen in train (kept, not dropped)."""
+        out: dict = {"name": self.name, "family": self.family, "labels": self.num_labels, "splits": {}}
+        for split in self.splits:
+            matrix = self.label_matrices[split]
+            per_row = np.diff(matrix.indptr)
+            s = _SplitSummary(len(per_row), int(matrix.nnz), int((per_row == 0).sum()))
+            out["splits"][split] = {
+                "queries": s.queries,
+                "positives": s.positives,
+                "avg_labels": round(s.avg_labels, 4),
+                "queries_without_labels": s.queries_without_labels,
+            }
+            if split in self.filters:
+                out["splits"][split]["filter_pairs"] = len(self.filters[split])
+        if "train" in self.label_matrices:
+            out["labels_unseen_in_train"] = int((self.label_frequencies("train") == 0).sum())
+        return out
+
+    # ------------------------------------------------------------------ texts
+    def query_text_array(self, split: str, mode: str = "title", max_chars: int | None = None) -> pa.Array:
+        """Query texts of ``split`` as an Arrow string array (see ``query_texts``)."""
+        if mode not in QUERY_TEXT_MODES:
+            raise ValueError(f"query text mode {mode!r}; expected one of {QUERY_TEXT_MODES}")
+        table = self.queries[split]
+        title = _as_array(_column(table, "title"))
+        content = _as_array(_column(table, "content"))
+        if mode == "title":
+            out = title
+        elif mode == "content":
+            out = content
+        else:
+            out = _join_nonempty(title, content, " ")
+        if max_chars is not None:
+            out = pc.utf8_slice_codeunits(out, 0, int(max_chars))
+        return out
+
+    def query_texts(self, split: str = "test", mode: str = "title", max_chars: int | None = None) -> list[str]:
+        """Query texts of ``split`` as a list (what ``model.encode`` takes).
+
+        ``mode``: ``title`` (LF "Titles" datasets), ``content``, or ``title_content`` (title + " " +
+        content, then cut to ``max_chars`` characters — a cheap pre-truncation before tokenising).
+        """
+        return self.query_text_array(split, mode, max_chars).to_pylist()
+
+    def label_text_array(self, mode: str = "title", sep: str = "; ") -> pa.Array:
+        """Label texts as an Arrow string array (see ``label_texts``)."""
+        if mode not in LABEL_TEXT_MODES:
+            raise ValueError(f"label text mode {mode!r}; expected one of {LABEL_TEXT_MODES}")
+        title = _as_array(_column(self.labels, "title"))
+        if mode == "title":
+            return title
+        return _join_nonempty(title, _as_array(_column(self.labels, "content")), sep)
+
+    def label_texts(self, mode: str = "title", sep: str = "; ") -> list[str]:
+        """Label texts: ``title`` (the name) or ``title_alt`` (name + ``sep`` + alternative names)."""
+        return self.label_text_array(mode, sep).to_pylist()
+
+    # ------------------------------------------------------------------ training view
+    def sample_positives(
+        self, split: str = "train", epoch: int = 0, seed: int = 0, sampling: str = "uniform"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One positive per query that has one: ``(query_ids, label_ids)``, vectorised over the CSR.
+
+        ``uniform`` picks each of a query's positives with equal chance; ``relevance`` in proportion
+        to the stored relevance. The draw depends only on ``(seed, epoch)``.
+        """
+        if sampling not in ("uniform", "relevance"):
+            raise ValueError(f"sampling {sampling!r}; expected 'uniform' or 'relevance'")
+        matrix = self.label_matrices[split]
+        indptr = matrix.indptr.astype(np.int64)
+        counts = np.diff(indptr)
+        rows = np.flatnonzero(counts > 0)
+        rng = np.random.default_rng([int(seed), int(epoch)])
+        u = rng.random(len(rows))
+        starts, sizes = indptr[rows], counts[rows]
+        if sampling == "uniform":
+            pos = starts + np.minimum((u * sizes).astype(np.int64), sizes - 1)
+        else:
+            data = np.clip(matrix.data.astype(np.float64), 0.0, None)
+            cum = np.concatenate([[0.0], np.cumsum(data)])
+            lo, hi = cum[starts], cum[starts + sizes]
+            total = hi - lo
+            pos = np.searchsorted(cum, lo + u * total, side="right") - 1
+            pos = np.clip(pos, starts, starts + sizes - 1)
+            # Rows whose relevances are all zero fall back to a uniform draw.
+            flat = total <= 0
+            if flat.any():
+                pos[flat] = starts[flat] + np.minimum((u[flat] * sizes[flat]).astype(np.int64), sizes[flat] - 1)
+        return rows.astype(np.int64), matrix.indices[pos].astype(np.int64)
+
+    def training_view(
+        self,
+        epoch: int = 0,
+        seed: int = 0,
+        sampling: str = "uniform",
+        query_text: str = "title",
+        label_text: str = "title",
+        max_chars: int | None = None,
+        split: str = "train",
+        negatives: np.ndarray | None = None,
+    ) -> datasets.Dataset:
+        """Rows ``query, positive[, negative_1..m], label=[query_id, label_id, ...]`` for one epoch.
+
+        One row per ``split`` query with at least one positive, one positive sampled per row (new
+        draw per epoch, deterministic per ``(seed, epoch)``). ``negatives`` (optional, int array
+        ``(num_queries, m)`` of label ids indexed by query id) adds ``m`` hard-negative columns.
+        """
+        query_ids, label_ids = self.sample_positives(split, epoch, seed, sampling)
+        q_text = self.query_text_array(split, query_text, max_chars)
+        l_text = self.label_text_array(label_text)
+        columns = {
+            "query": q_text.take(pa.array(query_ids)),
+            "positive": l_text.take(pa.array(label_ids)),
+        }
+        id_columns = [query_ids, label_ids]
+        if negatives is not None:
+            negatives = np.asarray(negatives, dtype=np.int64)
+            if negatives.ndim != 2 or negatives.shape[0] != self.num_queries(split):
+                raise ValueError(f"negatives must have shape ({self.num_queries(split)}, m), got {negatives.shape}")
+            if negatives.size and (negatives.min() < 0 or negatives.max() >= self.num_labels):
+                raise ValueError("negatives contain label ids out of range")
+            picked = negatives[query_ids]
+            for j in range(picked.shape[1]):
+                columns[f"negative_{j + 1}"] = l_text.take(pa.array(picked[:, j]))
+                id_columns.append(picked[:, j])
+        ids = np.stack(id_columns, axis=1).reshape(-1)
+        width = len(id_columns)
+        offsets = pa.array(np.arange(0, len(ids) + 1, width, dtype=np.int32))
+        columns["label"] = pa.ListArray.from_arrays(offsets, pa.array(ids, type=pa.int64()))
+        features = datasets.Features(
+            {
+                **{k: datasets.Value("string") for k in columns if k != "label"},
+                "label": datasets.List(datasets.Value("int64")),
+            }
+        )
+        return datasets.Dataset(pa.table(columns), info=datasets.DatasetInfo(features=features))
+
+    # ------------------------------------------------------------------ persistence (see hub_layout.py)
+    def save_to_folder(self, path, overwrite: bool = False) -> None:
+        """Write the Hub layout (parquet + README configs + ``xmc.json``) into a local folder."""
+        from dexml_hf.data.hub_layout import save_to_folder
+
+        save_to_folder(self, path, overwrite=overwrite)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None, **kwargs) -> None:
+        """Push the Hub layout to a dataset repo (one ``datasets`` push per config + ``xmc.json``)."""
+        from dexml_hf.data.hub_layout import push_to_hub
+
+        push_to_hub(self, repo_id, private=private, token=token, **kwargs)
+
+    def equals(self, other: XMCDataset) -> bool:
+        """Same texts, label matrices (ids and relevance), filters, family and name."""
+        if self.family != other.family or self.name != other.name or self.splits != other.splits:
+            return False
+        if self.labels.to_dict() != other.labels.to_dict():
+            return False
+        for split in self.splits:
+            if (
+                self.queries[split].select_columns(["uid", "title", "content"]).to_dict()
+                != other.queries[split].select_columns(["uid", "title", "content"]).to_dict()
+            ):
+                return False
+            a, b = self.label_matrices[split], other.label_matrices[split]
+            if a.shape != b.shape or (a != b).nnz:
+                return False
+        if set(self.filters) != set(other.filters):
+            return False
+        return all(np.array_equal(self.filters[s], other.filters[s]) for s in self.filters)
