@@ -1,0 +1,199 @@
+"""DEXMLTrainer: every negatives mode trains, bad configurations fail before training, sampler order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from datasets import Dataset
+
+from dexml_hf.data import XMCDataset
+from dexml_hf.trainer import DEXMLTrainer
+from dexml_hf.training_args import DEXMLTrainingArguments
+
+TOPICS = ["river boat", "mountain snow", "city traffic", "forest bird", "desert sand", "ocean wave"]
+
+
+def make_xmc(num_labels=30, num_train=48, num_test=12, seed=0) -> XMCDataset:
+    """A small XMC problem: labels are topic phrases, queries mention the words of 1-3 of their labels."""
+    rng = np.random.default_rng(seed)
+    label_titles = [f"{TOPICS[i % len(TOPICS)]} {i}" for i in range(num_labels)]
+
+    def split(n):
+        rows, cols, texts = [], [], []
+        for i in range(n):
+            labs = rng.choice(num_labels, size=1 + i % 3, replace=False)
+            rows += [i] * len(labs)
+            cols += labs.tolist()
+            texts.append(" ".join(label_titles[j] for j in labs) + " query")
+        matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, num_labels))
+        table = Dataset.from_dict({"uid": [str(i) for i in range(n)], "title": texts, "content": [""] * n})
+        return table, matrix
+
+    train, test = split(num_train), split(num_test)
+    labels = Dataset.from_dict(
+        {"uid": [str(i) for i in range(num_labels)], "title": label_titles, "content": [""] * num_labels}
+    )
+    return XMCDataset({"train": train[0], "test": test[0]}, labels, {"train": train[1], "test": test[1]}, name="toy")
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=3,
+        learning_rate=5e-3,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        label_chunk_size=7,
+        seed=1,
+        use_cpu=True,
+    )
+    base.update(kw)
+    return DEXMLTrainingArguments(**base)
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "mode,extra",
+    [
+        ("in_batch", {}),
+        ("all", {}),
+        ("all_cached", {"label_refresh_steps": 2}),
+        ("hard", {"num_hard_negatives": 2, "shortlist_size": 5}),
+    ],
+)
+def test_each_mode_trains(tiny_model, tmp_path, mode, extra):
+    xmc = make_xmc()
+    before = _params(tiny_model)
+    trainer = DEXMLTrainer(model=tiny_model, args=_args(tmp_path, negatives=mode, **extra), train_dataset=xmc)
+    out = trainer.train()
+    assert np.isfinite(out.training_loss) and out.training_loss > 0
+    after = _params(tiny_model)
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert len(changed) > len(before) // 2, f"{mode}: only {len(changed)} of {len(before)} tensors changed"
+    if mode == "hard":
+        # the mined shortlists exclude each query's positives, and the rows carry the extra columns
+        shortlists = trainer._shortlists
+        assert shortlists.shape == (48, 5)
+        truth = xmc.label_matrices["train"]
+        for q in range(48):
+            assert not set(shortlists[q][shortlists[q] >= 0]) & set(truth[q].indices)
+        row = trainer.training_view(0)[0]
+        assert "negative_2" in row and len(row["label"]) == 4
+
+
+def test_all_mode_loss_matches_one_piece(tiny_model, tmp_path):
+    """The trainer's 'all' step reports the decoupled softmax over every label, computed here in one piece."""
+    from dexml_hf.losses.functional import decoupled_softmax
+
+    xmc = make_xmc()
+    trainer = DEXMLTrainer(
+        model=tiny_model,
+        args=_args(tmp_path, negatives="all", avoid_duplicate_labels_in_batch=False),
+        train_dataset=xmc,
+    )
+    trainer._begin_epoch(0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    tiny_model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(tiny_model, dict(batch))
+        ids = batch["label"][:, 0].numpy()
+        texts = xmc.query_texts("train")
+        q = tiny_model.encode([texts[i] for i in ids], convert_to_tensor=True, normalize_embeddings=True)
+        e = tiny_model.encode(xmc.label_texts(), convert_to_tensor=True, normalize_embeddings=True)
+        positives = torch.as_tensor(xmc.label_matrices["train"][ids].toarray() > 0)
+        ref = decoupled_softmax(trainer.loss.scale * q @ e.T, positives)
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"negatives": "everything"}, "negatives='everything' is unknown"),
+        ({"label_chunk_size": 0}, "label_chunk_size must be a positive integer"),
+        ({"label_refresh_steps": -1}, "label_refresh_steps"),
+        ({"negatives": "hard", "num_hard_negatives": 0}, "num_hard_negatives"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"positive_sampling": "random"}, "positive_sampling"),
+        ({"query_text_mode": "body"}, "query_text_mode"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _args(tmp_path, **kwargs)
+
+
+def test_bad_datasets(tiny_model, tmp_path):
+    xmc = make_xmc()
+    empty = XMCDataset(
+        dict(xmc.queries),
+        xmc.labels,
+        {"train": sp.csr_matrix(xmc.label_matrices["train"].shape), "test": xmc.label_matrices["test"]},
+    )
+    with pytest.raises(ValueError, match="empty"):
+        DEXMLTrainer(model=tiny_model, args=_args(tmp_path), train_dataset=empty)
+    rows = Dataset.from_dict({"query": ["a"], "positive": ["b"]})
+    with pytest.raises(ValueError, match="'label' column"):
+        DEXMLTrainer(model=tiny_model, args=_args(tmp_path), train_dataset=rows)
+    with pytest.raises(ValueError, match="needs the label texts"):
+        DEXMLTrainer(model=tiny_model, args=_args(tmp_path, negatives="all"), train_dataset=rows)
+    with pytest.raises(ValueError, match="not a split"):
+        DEXMLTrainer(model=tiny_model, args=_args(tmp_path), train_dataset=xmc, eval_dataset="dev")
+
+
+def test_sampler_avoids_duplicate_labels_and_is_seeded():
+    from dexml_hf.negatives.sampler import NoDuplicateLabelsBatchSampler
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, size=100)  # many repeats: 100 rows, 12 labels
+    rows = list(range(100))
+    sampler = NoDuplicateLabelsBatchSampler(rows, 8, False, positive_ids=lambda e: labels, seed=3)
+    batches = sampler.batches(0)
+    assert len(batches) == len(sampler) == 13
+    assert sorted(i for b in batches for i in b) == rows  # every row exactly once
+    # all but the tail batches (where the leftovers must go) have distinct labels
+    assert all(len(set(labels[b])) == len(b) for b in batches[:8])
+    plain = NoDuplicateLabelsBatchSampler(
+        rows, 8, False, positive_ids=lambda e: labels, seed=3, avoid_duplicates=False
+    )
+    dup_plain = sum(len(b) - len(set(labels[b])) for b in plain.batches(0))
+    dup = sum(len(b) - len(set(labels[b])) for b in batches)
+    assert dup < dup_plain
+    assert sampler.batches(0) == batches and sampler.batches(1) != batches
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["hard", "all_cached"])
+def test_resume_continues_exactly(tiny_model, tmp_path, mode):
+    """Stop after a checkpoint, resume from it: the final weights equal an uninterrupted run's (same seed).
+
+    Crosses an epoch boundary (6 steps an epoch) so the per-epoch positive draw, the sampler order, the mined
+    shortlists and the label cache all have to be restored or rebuilt identically."""
+    import copy
+
+    xmc = make_xmc()
+    extra = {"num_hard_negatives": 1, "shortlist_size": 4} if mode == "hard" else {"label_refresh_steps": 3}
+    start = copy.deepcopy(tiny_model)
+
+    full = DEXMLTrainer(
+        model=tiny_model, args=_args(tmp_path / "a", negatives=mode, max_steps=8, **extra), train_dataset=xmc
+    )
+    full.train()
+    reference = _params(tiny_model)
+
+    part_model = copy.deepcopy(start)
+    kw = dict(negatives=mode, max_steps=8, save_strategy="steps", save_steps=4, **extra)
+    first = DEXMLTrainer(model=part_model, args=_args(tmp_path / "b", **kw), train_dataset=xmc)
+    first.train()  # writes checkpoint-4 (and -8); we resume from 4 with a fresh model and trainer
+    resumed_model = copy.deepcopy(start)
+    second = DEXMLTrainer(model=resumed_model, args=_args(tmp_path / "b", **kw), train_dataset=xmc)
+    second.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
+    resumed = _params(resumed_model)
+    for name, value in reference.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)
