@@ -1,0 +1,146 @@
+"""Every recipe parses into the dataclasses; YAML + CLI overrides; help text; no token in a config dump."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dexml_hf.cli import main
+from dexml_hf.config import (
+    DataArguments,
+    LossArguments,
+    ModelArguments,
+    parse_train_args,
+    redacted_args_dict,
+    resolve_model_path,
+    training_arguments_class,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+ACCELERATE_CONFIGS = sorted((ROOT / "recipes" / "accelerate_configs").glob("*.yaml"))
+
+
+def test_recipe_set_is_complete():
+    names = {p.relative_to(ROOT / "recipes").as_posix() for p in RECIPES}
+    for expected in [
+        "eurlex-4k/distilbert.yaml",
+        "lf-amazontitles-131k/distilbert.yaml",
+        "lf-amazontitles-1.3m/distilbert.yaml",
+        "lf-wikipedia-500k/distilbert.yaml",
+        "eurlex57k/cpu.yaml",
+        "stackexchange/cpu.yaml",
+        "quickstart.yaml",
+    ]:
+        assert expected in names
+    assert {p.stem for p in ACCELERATE_CONFIGS} >= {"single_gpu", "ddp", "cpu"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_every_recipe_parses(recipe):
+    raw = yaml.safe_load(recipe.read_text())
+    model_args, data_args, loss_args, train_args = parse_train_args(["--config", str(recipe)])
+    assert isinstance(model_args, ModelArguments) and isinstance(data_args, DataArguments)
+    assert isinstance(loss_args, LossArguments) and isinstance(train_args, training_arguments_class())
+    # Every key of the file reached a dataclass with the file's value.
+    merged = {}
+    for obj in (model_args, data_args, loss_args, train_args):
+        merged.update({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+    for key, value in raw.items():
+        got = merged[key]
+        got = getattr(got, "value", got)
+        if key == "report_to":  # transformers turns "none" into []
+            assert got in ([], [value], value)
+        elif isinstance(value, float) or isinstance(got, float):
+            assert float(got) == pytest.approx(float(value)), key
+        else:
+            assert got == value, key
+
+
+# The paper's table (DESIGN.md §1): batch/GPU, label chunk, lr, tau, normalise, max len.
+PAPER = {
+    "eurlex-4k": (512, 4096, 5e-5, 0.05, True, 128),
+    "lf-amazontitles-131k": (3000, 3000, 3e-4, 0.05, True, 32),
+    "lf-amazontitles-1.3m": (3000, 3000, 3e-4, 1.0, False, 32),
+    "lf-wikipedia-500k": (768, 512, 7e-5, 1.0, False, 128),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER))
+def test_paper_recipes_match_the_paper(dataset):
+    batch, chunk, lr, tau, normalize, max_len = PAPER[dataset]
+    m, d, loss, t = parse_train_args(["--config", str(ROOT / "recipes" / dataset / "distilbert.yaml")])
+    assert (t.per_device_train_batch_size, t.label_chunk_size, t.learning_rate, t.temperature) == (batch, chunk, lr, tau)
+    assert (m.normalize, m.max_seq_length, m.pooling) == (normalize, max_len, "cls")
+    assert m.model_name_or_path == "distilbert-base-uncased"
+    assert (t.num_train_epochs, t.weight_decay, t.warmup_steps, t.fp16) == (100, 0.01, 0.1, True)
+    assert str(getattr(t.lr_scheduler_type, "value", t.lr_scheduler_type)) == "linear"
+    assert t.negatives == "all" and loss.loss == "decoupled_softmax"
+
+
+@pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: p.stem)
+def test_accelerate_configs_load(config):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(config))
+    assert cfg.num_processes >= 1
+    if config.stem == "cpu":
+        assert cfg.use_cpu and cfg.num_processes == 1
+
+
+def test_cli_overrides_win_and_yaml_numbers(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 5e-5\nnum_train_epochs: 3\npooling: cls\nnegatives: all\noutput_dir: a\n")
+    m, d, loss, t = parse_train_args(["--config", str(recipe), "--learning_rate", "1e-3", "--output_dir", "b"])
+    assert t.learning_rate == 1e-3 and t.num_train_epochs == 3 and t.output_dir == "b"
+    assert m.pooling == "cls" and t.negatives == "all"
+    # "5e-5" is a *string* to YAML; it still becomes the float 5e-5.
+    assert parse_train_args(["--config", str(recipe)])[3].learning_rate == 5e-5
+
+
+def test_bad_recipes_are_rejected(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("learning_rate: 1e-4\nno_such_option: 3\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*no_such_option"):
+        parse_train_args(["--config", str(recipe)])
+    recipe.write_text("- a list\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        parse_train_args(["--config", str(recipe)])
+    with pytest.raises(ValueError, match="pooling"):
+        parse_train_args(["--pooling", "median"])
+    with pytest.raises(ValueError, match="negatives"):
+        parse_train_args(["--negatives", "some"])
+
+
+def test_train_help_lists_every_option(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for cls in (ModelArguments, DataArguments, LossArguments, training_arguments_class()):
+        for f in dataclasses.fields(cls):
+            if f.init and not f.name.startswith("_"):
+                assert f"--{f.name}" in out, f.name
+    assert "GENERATED" in out and "Softmax temperature" in out  # help texts of --dataset, --temperature
+    assert "--config" in out
+
+
+def test_no_token_in_config_dump():
+    secret = "hf_verySecretTokenValue123"
+    parsed = parse_train_args(["--hub_token", secret, "--push_to_hub", "--hub_model_id", "me/model"])
+    assert parsed[3].hub_token == secret  # it is used ...
+    dumped = yaml.safe_dump(redacted_args_dict(*parsed))  # ... but never written
+    assert secret not in dumped and "me/model" in dumped
+
+    from dexml_hf.commands.train import _command
+
+    assert secret not in _command(["--hub_token", secret, "--x", "1"])
+    assert secret not in _command([f"--hub_token={secret}"])
+
+
+def test_bundled_model_resolves(minilm_path):
+    assert Path(resolve_model_path("bundled:all-MiniLM-L6-v2")) == minilm_path
+    assert resolve_model_path("distilbert-base-uncased") == "distilbert-base-uncased"
+    with pytest.raises(ValueError, match="only bundled model"):
+        resolve_model_path("bundled:other")
