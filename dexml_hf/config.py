@@ -103,8 +103,9 @@ class DataArguments:
     dataset_format: str | None = field(
         default=None,
         metadata={
-            "help": "Format of a raw local folder, passed to load_xmc_dataset (e.g. 'lf_raw' for the Extreme "
-            "Classification Repository json.gz files, 'csv_tags' for a title,content,tags CSV). Unset: Hub layout."
+            "help": "Format of a local folder or file (dexml_hf.data.read_xmc): lf (Extreme Classification "
+            "Repository json.gz), wiki500k, pecos, sparse, bow, csv (title,content,tags), movielens, hub. Unset: "
+            "detected from the file names."
         },
     )
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset."})
@@ -134,6 +135,14 @@ class DataArguments:
     synthetic_num_train: int = field(default=2000, metadata={"help": "'synthetic' dataset: training queries."})
     synthetic_num_test: int = field(default=500, metadata={"help": "'synthetic' dataset: test queries."})
     synthetic_seed: int = field(default=0, metadata={"help": "'synthetic' dataset: generator seed."})
+    movielens_max_titles: int = field(
+        default=20, metadata={"help": "'movielens' format: liked movie titles in a user's text (most recent first)."}
+    )
+    movielens_train_positives: str = field(
+        default="all",
+        metadata={"help": "'movielens' format: train positives are 'all' liked movies or 'held_out' ones (hidden "
+                  "from the user's text)."},
+    )
 
     def __post_init__(self):
         for name in ("max_train_samples", "max_test_samples"):

@@ -133,7 +133,14 @@ def load_data(data_args, training_args=None):
     elif data_args.dataset_format is not None or Path(data_args.dataset).exists():
         from dexml_hf.data.formats import read_xmc
 
-        dataset = read_xmc(data_args.dataset, format=data_args.dataset_format or "auto")
+        fmt = data_args.dataset_format or "auto"
+        reader_kwargs = {}
+        if fmt == "movielens":
+            reader_kwargs = {
+                "max_titles": data_args.movielens_max_titles,
+                "train_positives": data_args.movielens_train_positives,
+            }
+        dataset = read_xmc(data_args.dataset, format=fmt, **reader_kwargs)
     else:
         from dexml_hf.data import load_xmc_dataset
 

@@ -53,7 +53,7 @@ from dexml_hf.data._utils import (
 )
 from dexml_hf.data.dataset import XMCDataset, index_strings, text_table
 
-FORMATS = ("lf", "wiki500k", "pecos", "sparse", "bow", "csv", "hub")
+FORMATS = ("lf", "wiki500k", "pecos", "sparse", "bow", "csv", "movielens", "hub")
 
 # file-name stem per split for each format
 _LF_STEMS = {"train": "trn", "test": "tst", "validation": "val"}
@@ -598,6 +598,7 @@ def detect_format(src) -> str:
         ("pecos", ["raw/trn_X.txt", "Y.trn.npz"]),
         ("sparse", ["trn_X_Y.txt"]),
         ("bow", ["train.txt"]),
+        ("movielens", ["u.data", "u.item", "u1.base"]),
     ]
     for fmt, names in checks:
         if all((src / n).exists() for n in names):
@@ -616,6 +617,10 @@ def read_xmc(src, format: str = "auto", **kwargs) -> XMCDataset:  # noqa: A002
         from dexml_hf.data.hub_layout import load_xmc_dataset
 
         return load_xmc_dataset(src, **kwargs)
+    if fmt == "movielens":
+        from dexml_hf.data.movielens import load_movielens
+
+        return load_movielens(src, **kwargs)
     if fmt not in READERS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)} or auto")
     kwargs = {k: v for k, v in kwargs.items() if k in ("name", "family")}
