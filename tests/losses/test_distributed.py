@@ -1,0 +1,35 @@
+"""``gather_across_devices=True`` on 2 gloo ranks equals one process on the concatenated batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.losses._ddp_worker", str(tmp_path)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt")
+    single = torch.load(tmp_path / "single.pt")
+    assert set(ddp) == {"decoupled", "pal", "topk", "mnrl_semantics"}
+    for name, expected in single.items():
+        got = ddp[name]
+        assert set(got) == set(expected), name
+        assert expected["loss"].item() > 0
+        for key, value in expected.items():
+            # loss: mean of the ranks' losses; grads: what DDP left on rank 0 after averaging
+            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
