@@ -27,6 +27,15 @@ __all__ = [
 ]
 
 BUNDLED_PREFIX = "bundled:"
+# the Hub id of each bundled model, for model cards (base_model) — the weights are the same
+BUNDLED_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def hub_base_model(name: str) -> str:
+    """The Hub id a card should name as ``base_model`` (bundled copies are the Hub models they ship)."""
+    if name.startswith(BUNDLED_PREFIX):
+        return BUNDLED_HUB_IDS.get(name[len(BUNDLED_PREFIX) :], name)
+    return name
 LOSSES = ("decoupled_softmax", "softmax", "soft_topk", "ova_bce", "cached_decoupled_softmax")
 
 

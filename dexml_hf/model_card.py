@@ -403,7 +403,7 @@ class DEXMLModelCardCallback(TrainerCallback):
 # ---------------------------------------------------------------------- recipe cards
 def render_recipe_card(recipe: str | Path) -> str:
     """The card of a recipe's model before training: settings from the recipe, metrics 'not yet measured'."""
-    from dexml_hf.config import parse_train_args
+    from dexml_hf.config import hub_base_model, parse_train_args
 
     model_args, data_args, loss_args, training_args = parse_train_args([], config=recipe)
     recipe = Path(recipe)
@@ -414,7 +414,7 @@ def render_recipe_card(recipe: str | Path) -> str:
     is_hub_id = not synthetic and data_args.dataset_format is None and not data_args.dataset.startswith((".", "/"))
     card = DEXMLModelCardData(
         model_id=training_args.hub_model_id,
-        base_model=model_args.model_name_or_path,
+        base_model=hub_base_model(model_args.model_name_or_path),
         dataset_name=Path(data_args.dataset).name if not is_hub_id else data_args.dataset.split("/")[-1],
         dataset_id=data_args.dataset if is_hub_id else None,
         dataset_is_synthetic=synthetic,

@@ -133,7 +133,10 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         if loss is None:
             from dexml_hf.losses import DecoupledSoftmaxLoss
 
-            loss = DecoupledSoftmaxLoss(model, scale=args.scale, label_matrix=self.train_matrix)
+            # across ranks the batch is gathered, so in-batch negatives are those of the global batch
+            loss = DecoupledSoftmaxLoss(
+                model, scale=args.scale, label_matrix=self.train_matrix, gather_across_devices=args.world_size > 1
+            )
         elif self.train_matrix is not None and getattr(loss, "label_matrix", "absent") is None:
             loss.set_label_matrix(self.train_matrix)
         if args.negatives == "all" and type(loss).__name__ not in ("DecoupledSoftmaxLoss", "SoftmaxLoss"):

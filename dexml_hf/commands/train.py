@@ -65,7 +65,7 @@ def load_model(model_args):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
-    from dexml_hf.config import resolve_model_path
+    from dexml_hf.config import hub_base_model, resolve_model_path
     from dexml_hf.hub import get_checkpoint, load_dexml_model
 
     name = model_args.model_name_or_path
@@ -98,7 +98,7 @@ def load_model(model_args):
     normalized = any(isinstance(m, Normalize) for m in model)
     # Inner-product search (LabelIndex) and the losses read this: cosine == dot on normalised embeddings.
     model.similarity_fn_name = "cosine" if normalized else "dot"
-    model.model_card_data.base_model = None if name.startswith("bundled:") else name
+    model.model_card_data.base_model = hub_base_model(name)
     return model
 
 
@@ -241,7 +241,7 @@ def run_train(model_args, data_args, loss_args, training_args, recipe=None, comm
     import numpy as np
     import yaml
 
-    from dexml_hf.config import redacted_args_dict
+    from dexml_hf.config import hub_base_model, redacted_args_dict
     from dexml_hf.model_card import PAPER_RESULTS, DEXMLModelCardCallback, DEXMLModelCardData
     from dexml_hf.trainer import DEXMLTrainer
 
@@ -263,9 +263,7 @@ def run_train(model_args, data_args, loss_args, training_args, recipe=None, comm
     is_hub_id = not synthetic and not Path(data_args.dataset).exists()
     card = DEXMLModelCardData(
         model_id=training_args.hub_model_id if training_args.push_to_hub else None,
-        base_model=model_args.model_name_or_path
-        if not model_args.model_name_or_path.startswith("bundled:")
-        else "sentence-transformers/all-MiniLM-L6-v2",
+        base_model=hub_base_model(model_args.model_name_or_path),
         dataset_name=dataset.name or Path(data_args.dataset).name,
         dataset_id=data_args.dataset if is_hub_id else None,
         dataset_is_synthetic=synthetic,
