@@ -52,6 +52,36 @@ class _EpochState(TrainerCallback):
             torch.save(self.trainer._negatives_state(), os.path.join(folder, NEGATIVES_STATE))
 
 
+def _freeze_unused_poolers(model) -> list[str]:
+    """Freeze the backbone poolers (BERT's ``pooler``) that the SentenceTransformer never reads; returns their names.
+
+    DDP defaults. A SentenceTransformer is not a ``PreTrainedModel``, so the HF Trainer wraps it with
+    ``find_unused_parameters=True``: DDP then searches each step's graph and tolerates parameters without a gradient,
+    such as BERT's pooler (computed by ``BertModel.forward`` but ignored by mean/CLS pooling, which read
+    ``last_hidden_state``). Every negatives mode works so (tests/trainer/test_trainer_ddp.py), including 'all', whose
+    many replay backwards run under ``no_sync`` (safe with unused-parameter search since torch 2.4). With
+    ``ddp_find_unused_parameters=False`` (no graph search, a little faster) DDP instead fails on the step after one
+    where a trainable parameter got no gradient, so the trainer freezes those poolers first; their weights, never
+    used, are saved unchanged.
+    """
+    frozen = []
+    for prefix, module in model.named_modules():
+        backbone = getattr(module, "model", None)
+        pooler = getattr(backbone, "pooler", None)
+        config = getattr(module, "modality_config", None)
+        if not isinstance(pooler, torch.nn.Module) or not isinstance(config, dict):
+            continue
+        if any(isinstance(c, dict) and c.get("method_output_name") == "pooler_output" for c in config.values()):
+            continue  # this backbone's embeddings come from its pooler: it is used
+        for name, param in pooler.named_parameters():
+            if param.requires_grad:
+                param.requires_grad_(False)
+                frozen.append(f"{prefix}.model.pooler.{name}".lstrip("."))
+    if frozen:
+        logger.info(f"ddp_find_unused_parameters=False: froze {len(frozen)} unused pooler parameters: {frozen}")
+    return frozen
+
+
 class DEXMLTrainer(SentenceTransformerTrainer):
     """Train a dual encoder for XMC (DEXML) with in-batch, all-label, cached all-label or hard negatives.
 
@@ -144,6 +174,9 @@ class DEXMLTrainer(SentenceTransformerTrainer):
                 f"negatives='all' supports DecoupledSoftmaxLoss and SoftmaxLoss (exact chunked softmax); got "
                 f"{type(loss).__name__}. Soft top-k needs every score at once: use negatives='all_cached' for it."
             )
+
+        if model is not None and args.world_size > 1 and args.ddp_find_unused_parameters is False:
+            _freeze_unused_poolers(model)
 
         super().__init__(
             model=model,
