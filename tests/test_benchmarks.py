@@ -1,0 +1,77 @@
+"""Every benchmark script runs in ``--quick`` mode and prints a markdown table, so none of them can rot.
+
+Slow (each script trains or times something for a minute or more): run with ``pytest tests/test_benchmarks.py -m slow``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, SHARED_DATA
+
+BENCHMARKS = PROJECT_ROOT / "benchmarks"
+#: The scripts the README and RESULTS.md quote; any other script in benchmarks/ is run as well.
+EXPECTED = ("accuracy", "throughput", "memory", "retrieval", "data_loading", "eurlex_negatives", "movielens")
+HELPERS = {"common"}  # importable helpers, not scripts
+NEEDS_DATA = {"accuracy", "data_loading", "eurlex_negatives", "movielens"}
+TIMEOUT_S = 1800  # quick modes take minutes on 2 idle cores; the shared machine can be several times slower
+
+TABLE = re.compile(r"^\|.*\|[ \t]*\n\|[ \t]*:?-{3,}:?[ \t]*\|", re.MULTILINE)
+
+
+def _scripts() -> list[str]:
+    found = {p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_") and p.stem not in HELPERS}
+    return sorted(set(EXPECTED) | found)
+
+
+def _extra_args(name: str, tmp_path: Path) -> list[str]:
+    """Keep the scripts' result files out of the checkout where a script lets us say where they go."""
+    if name == "accuracy":
+        return ["--output", str(tmp_path / "accuracy_quick.json")]
+    return []
+
+
+def test_table_pattern_matches_a_markdown_table_only():
+    table = "text\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    assert TABLE.search(table)
+    assert not TABLE.search("| a | b |\n| 1 | 2 |\n")  # no separator row
+    assert not TABLE.search("no table here\n---\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _scripts())
+def test_benchmark_quick_mode_runs_and_prints_a_table(name, tmp_path):
+    script = BENCHMARKS / f"{name}.py"
+    if not script.is_file():
+        pytest.skip(f"benchmarks/{name}.py does not exist (yet)")
+    if name in NEEDS_DATA and not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent: benchmarks/{name}.py reads the shared real data")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", *_extra_args(name, tmp_path)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    tail = f"\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n--- stderr (tail) ---\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"benchmarks/{name}.py --quick exited with {proc.returncode}{tail}"
+    assert TABLE.search(proc.stdout), f"benchmarks/{name}.py --quick printed no markdown table{tail}"
+    if name == "accuracy":
+        import json
+
+        report = json.loads((tmp_path / "accuracy_quick.json").read_text())
+        results = report["datasets"]["cooking"]["results"]
+        assert [r["method"] for r in results] == ["untrained", "tfidf_omikuji", "mnrl", "decoupled"]
+        for r in results:
+            m = r["metrics"]
+            # 603 labels: a random ranking gets P@1 ~ 0.4%; every method here is far above chance.
+            assert 0.2 < m["precision@1"] <= 1.0, (r["method"], m)
+            assert 0.0 < m["psp@5"] <= 1.0 and m["recall@100"] >= m["recall@5"], (r["method"], m)
