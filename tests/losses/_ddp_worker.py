@@ -83,6 +83,7 @@ def worker(rank, port, out_dir):
         results[name] = {"loss": loss / WORLD, **{k: v for k, v in grads.items()}}
     if rank == 0:
         torch.save(results, Path(out_dir) / "ddp.pt")
+    dist.barrier()  # no rank tears gloo down while the other still has collectives in flight
     dist.destroy_process_group()
 
 

@@ -12,16 +12,24 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_two_ranks_equal_one_process(tmp_path):
+def _run_worker(out_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.losses._ddp_worker", str(tmp_path)],
+    return subprocess.run(
+        [sys.executable, "-m", "tests.losses._ddp_worker", str(out_dir)],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    proc = _run_worker(tmp_path)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # gloo's teardown once aborted a rank at exit on a loaded CI machine; that is the transport, not the
+        # loss: run the whole comparison again once (the numbers below are still checked in full)
+        proc = _run_worker(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt")
     single = torch.load(tmp_path / "single.pt")
