@@ -134,14 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as out:
             seconds = train(model, xmc, args, negatives, out)
         rows.append(
-            {**evaluate(f"MiniLM + DecoupledSoftmax, negatives={negatives}", model_scores(model, xmc), xmc),
-             "time": f"{seconds / 60:.1f} min"}
+            {
+                **evaluate(f"MiniLM + DecoupledSoftmax, negatives={negatives}", model_scores(model, xmc), xmc),
+                "time": f"{seconds / 60:.1f} min",
+            }
         )
 
-    print(f"\nMovieLens 100K u1: {xmc.num_queries('train')} train users, {n_test} test users, "
-          f"{xmc.num_labels} movies; filters: movies rated in u1.base\n")
+    print(
+        f"\nMovieLens 100K u1: {xmc.num_queries('train')} train users, {n_test} test users, "
+        f"{xmc.num_labels} movies; filters: movies rated in u1.base\n"
+    )
     cols = ["precision@1", "precision@5", "recall@10", "ndcg@5", "mrr@10"]
-    print("| method | " + " | ".join(c.replace("precision", "P").replace("recall", "R") for c in cols) + " | train time |")
+    print(
+        "| method | "
+        + " | ".join(c.replace("precision", "P").replace("recall", "R") for c in cols)
+        + " | train time |"
+    )
     print("|---|" + "---:|" * (len(cols) + 1))
     for row in rows:
         print(f"| {row['method']} | " + " | ".join(f"{100 * row[c]:.2f}" for c in cols) + f" | {row['time']} |")

@@ -36,6 +36,8 @@ def hub_base_model(name: str) -> str:
     if name.startswith(BUNDLED_PREFIX):
         return BUNDLED_HUB_IDS.get(name[len(BUNDLED_PREFIX) :], name)
     return name
+
+
 LOSSES = ("decoupled_softmax", "softmax", "soft_topk", "ova_bce", "cached_decoupled_softmax")
 
 
@@ -149,8 +151,10 @@ class DataArguments:
     )
     movielens_train_positives: str = field(
         default="all",
-        metadata={"help": "'movielens' format: train positives are 'all' liked movies or 'held_out' ones (hidden "
-                  "from the user's text)."},
+        metadata={
+            "help": "'movielens' format: train positives are 'all' liked movies or 'held_out' ones (hidden "
+            "from the user's text)."
+        },
     )
 
     def __post_init__(self):

@@ -63,8 +63,12 @@ DEXML_CHECKPOINTS: dict[str, DEXMLCheckpoint] = {
     c.repo_id: c
     for c in (
         DEXMLCheckpoint("quicktensor/dexml_eurlex-4k", "EURLex-4K", True, 128, 0.05, 86.78, 60.19),
-        DEXMLCheckpoint("quicktensor/dexml_lf-amazontitles-131k", "LF-AmazonTitles-131K", True, 32, 0.05, 42.52, 20.64),
-        DEXMLCheckpoint("quicktensor/dexml_lf-amazontitles-1.3m", "LF-AmazonTitles-1.3M", False, 32, 1.0, 58.40, 45.46),
+        DEXMLCheckpoint(
+            "quicktensor/dexml_lf-amazontitles-131k", "LF-AmazonTitles-131K", True, 32, 0.05, 42.52, 20.64
+        ),
+        DEXMLCheckpoint(
+            "quicktensor/dexml_lf-amazontitles-1.3m", "LF-AmazonTitles-1.3M", False, 32, 1.0, 58.40, 45.46
+        ),
         DEXMLCheckpoint("quicktensor/dexml_lf-wikipedia-500k", "LF-Wikipedia-500K", False, 128, 1.0, 85.78, 50.53),
     )
 }
@@ -177,12 +181,19 @@ def resolve_settings(
         found["max_seq_length"] = checkpoint.max_seq_length
         source = dict.fromkeys(found, "registry")
     else:
-        read = {"revision": revision, "cache_folder": cache_folder, "token": token, "local_files_only": local_files_only}
+        read = {
+            "revision": revision,
+            "cache_folder": cache_folder,
+            "token": token,
+            "local_files_only": local_files_only,
+        }
         modules = _read_json(repo_id_or_path, "modules.json", **read)
         pooling_dir = "1_Pooling"
         if modules is not None:
             if not isinstance(modules, list):
-                raise ValueError(f"{repo_id_or_path}/modules.json: expected a list of modules, got {type(modules).__name__}")
+                raise ValueError(
+                    f"{repo_id_or_path}/modules.json: expected a list of modules, got {type(modules).__name__}"
+                )
             kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
             found["normalize"] = "Normalize" in kinds
             source["normalize"] = "modules.json"
@@ -191,7 +202,9 @@ def resolve_settings(
         if pooling_dir:
             pooling = _read_json(repo_id_or_path, f"{pooling_dir}/config.json", **read)
             if pooling is not None:
-                found["pooling_mode"] = _pooling_mode_from_config(pooling, f"{repo_id_or_path}/{pooling_dir}/config.json")
+                found["pooling_mode"] = _pooling_mode_from_config(
+                    pooling, f"{repo_id_or_path}/{pooling_dir}/config.json"
+                )
                 source["pooling_mode"] = f"{pooling_dir}/config.json"
         st_config = _read_json(repo_id_or_path, "sentence_bert_config.json", **read)
         if st_config and st_config.get("max_seq_length"):

@@ -121,7 +121,9 @@ def format_metrics_table(metrics: dict[str, float], baseline: dict[str, float] |
     lines = ["| model | " + " | ".join(name for _, name in rows) + " |", "|---|" + "---:|" * len(rows)]
     if baseline:
         lines.append(
-            "| untrained | " + " | ".join(f"{100 * baseline[key]:.2f}" if key in baseline else "" for key, _ in rows) + " |"
+            "| untrained | "
+            + " | ".join(f"{100 * baseline[key]:.2f}" if key in baseline else "" for key, _ in rows)
+            + " |"
         )
     lines.append("| **this model** | " + " | ".join(f"{100 * metrics[key]:.2f}" for key, _ in rows) + " |")
     return "\n".join(lines)
@@ -188,7 +190,12 @@ class DEXMLModelCardData:
     language: str | None = "en"
     license: str | None = "apache-2.0"
     tags: list[str] = field(
-        default_factory=lambda: ["sentence-transformers", "dexml", "extreme-multi-label-classification", "dual-encoder"]
+        default_factory=lambda: [
+            "sentence-transformers",
+            "dexml",
+            "extreme-multi-label-classification",
+            "dual-encoder",
+        ]
     )
 
     # ------------------------------------------------------------------ filling
@@ -288,7 +295,7 @@ class DEXMLModelCardData:
                 'queries = ["how do I keep bread crust soft?"]',
                 "scores, label_ids = index.search(model.encode(queries, convert_to_tensor=True), k=5)",
                 "for score, label_id in zip(scores[0].tolist(), label_ids[0].tolist()):",
-                "    print(f\"{score:.3f}  {index.texts[label_id] if index.texts else label_id}\")",
+                '    print(f"{score:.3f}  {index.texts[label_id] if index.texts else label_id}")',
             ]
         )
 

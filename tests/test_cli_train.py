@@ -85,7 +85,13 @@ def test_cli_trains_evaluates_saves(tmp_path, tiny_model_path, capsys):
     printed = capsys.readouterr().out
     assert "GENERATED" in printed and "| untrained |" in printed and "| trained |" in printed and "P@1" in printed
     assert not (tmp_path / "from-recipe").exists()
-    for name in ("modules.json", "README.md", "label_index/label_index.json", "eval_results.json", "train_config.yaml"):
+    for name in (
+        "modules.json",
+        "README.md",
+        "label_index/label_index.json",
+        "eval_results.json",
+        "train_config.yaml",
+    ):
         assert (out / name).exists(), name
     results = json.loads((out / "eval_results.json").read_text())
     trained, untrained = results["metrics"], results["untrained_metrics"]

@@ -109,7 +109,11 @@ def test_recipe_cards_rendered_into_model_cards(recipe):
     name = recipe.relative_to(ROOT / "recipes").as_posix()
     assert f"--config recipes/{name}" in text
     assert "model-index" not in text and "Not yet measured" in text
-    rendered = ROOT / "model_cards" / f"{recipe.parent.name if recipe.parent.name != 'recipes' else 'quickstart'}-{recipe.stem}.md"
+    rendered = (
+        ROOT
+        / "model_cards"
+        / f"{recipe.parent.name if recipe.parent.name != 'recipes' else 'quickstart'}-{recipe.stem}.md"
+    )
     if recipe.stem == "quickstart":
         rendered = ROOT / "model_cards" / "quickstart.md"
     assert rendered.is_file(), f"render it: python -m dexml_hf.model_card --recipe {name} --output {rendered}"

@@ -73,7 +73,12 @@ PAPER = {
 def test_paper_recipes_match_the_paper(dataset):
     batch, chunk, lr, tau, normalize, max_len = PAPER[dataset]
     m, d, loss, t = parse_train_args(["--config", str(ROOT / "recipes" / dataset / "distilbert.yaml")])
-    assert (t.per_device_train_batch_size, t.label_chunk_size, t.learning_rate, t.temperature) == (batch, chunk, lr, tau)
+    assert (t.per_device_train_batch_size, t.label_chunk_size, t.learning_rate, t.temperature) == (
+        batch,
+        chunk,
+        lr,
+        tau,
+    )
     assert (m.normalize, m.max_seq_length, m.pooling) == (normalize, max_len, "cls")
     assert m.model_name_or_path == "distilbert-base-uncased"
     assert (t.num_train_epochs, t.weight_decay, t.warmup_steps, t.fp16) == (100, 0.01, 0.1, True)

@@ -26,7 +26,12 @@ __all__ = ["TrainResult", "build_loss", "evaluate_split", "load_data", "load_mod
 
 # Files of output_dir that are not part of the published model.
 _PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "test_topk.npy", "*.pt", "*.pth", "training_args.bin"]
-_QUERY_MODES = {"title": "title", "content": "content", "title+content": "title_content", "title_content": "title_content"}
+_QUERY_MODES = {
+    "title": "title",
+    "content": "content",
+    "title+content": "title_content",
+    "title_content": "title_content",
+}
 _LABEL_MODES = {"title": "title", "title+content": "title_alt", "title_alt": "title_alt", "content": "title_alt"}
 
 
@@ -86,7 +91,9 @@ def load_model(model_args):
                     model[idx] = Pooling(module.get_embedding_dimension(), pooling_mode=model_args.pooling)
                     break
             else:
-                raise ValueError(f"model {name}: pooling={model_args.pooling!r} given but the model has no Pooling module")
+                raise ValueError(
+                    f"model {name}: pooling={model_args.pooling!r} given but the model has no Pooling module"
+                )
         has_normalize = any(isinstance(m, Normalize) for m in model)
         if model_args.normalize and not has_normalize:
             model.append(Normalize())
@@ -111,7 +118,9 @@ def _is_sentence_transformer(path: str, revision: str | None) -> bool:
 
         return file_exists(path, "modules.json", revision=revision)
     except Exception as err:  # noqa: BLE001 - offline or unknown repo: let SentenceTransformer report it
-        logger.warning("could not check %s for modules.json (%s); loading it as a sentence-transformers model", path, err)
+        logger.warning(
+            "could not check %s for modules.json (%s); loading it as a sentence-transformers model", path, err
+        )
         return True
 
 
@@ -209,7 +218,9 @@ def evaluate_split(model, dataset, split: str, training_args, data_args, index=N
     queries = index.encode_queries(model, texts, batch_size=batch_size)
     k = min(data_args.top_k, len(index))
     _, ids = index.search(queries, k=k, exclude=exclude if exclude is not None and len(exclude) else None)
-    inv_p = dataset.inv_propensity(data_args.propensity_a, data_args.propensity_b) if "train" in dataset.queries else None
+    inv_p = (
+        dataset.inv_propensity(data_args.propensity_a, data_args.propensity_b) if "train" in dataset.queries else None
+    )
     metrics = xmc_metrics(ids, truth, ks=(1, 3, 5), inv_propensity=inv_p)
     return metrics, ids, index
 
@@ -378,4 +389,3 @@ def _command(argv: list[str] | None) -> str | None:
             continue
         shown.append(item)
     return "dexml-hf train " + " ".join(shlex.quote(x) for x in shown)
-
