@@ -108,29 +108,9 @@ def minilm(_minilm_session):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, minilm_path) -> Path:
     """A tiny random BERT (2 layers, 32 dims) with MiniLM's tokenizer, saved as a SentenceTransformer."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from tests._models import build_tiny_bert
 
-    path = tmp_path_factory.mktemp("tiny-bert")
-    raw = path / "raw"
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config, add_pooling_layer=False).save_pretrained(raw)
-    tokenizer.save_pretrained(raw)
-    transformer = Transformer(str(raw), max_seq_length=64)
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")])
-    model.save(str(path / "st"))
-    return path / "st"
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), str(minilm_path))
 
 
 @pytest.fixture(scope="session")

@@ -18,30 +18,11 @@ MODES = ("in_batch", "all")
 
 
 def build_tiny_bert(path: Path, tokenizer_path: str) -> Path:
-    """A tiny random BERT *with* its pooler (as real checkpoints have), dropout off, saved as a SentenceTransformer."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A tiny random BERT *with* its pooler (as real checkpoints have), dropout off: 1 and 2 processes draw different
+    dropout masks, without dropout they must agree."""
+    from tests._models import build_tiny_bert as build
 
-    raw = path / "raw"
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,  # 1 and 2 processes draw different dropout masks; without dropout they must agree
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    BertModel(config, add_pooling_layer=True).save_pretrained(raw)
-    tokenizer.save_pretrained(raw)
-    transformer = Transformer(str(raw), max_seq_length=64)
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")])
-    model.save(str(path / "st"))
-    return path / "st"
+    return build(path, tokenizer_path, pooler=True, dropout=0.0)
 
 
 def train_once(model_path: str, mode: str, output_dir: str, per_device_batch: int, steps: int, **extra) -> dict:
