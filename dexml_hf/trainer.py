@@ -169,6 +169,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             )
         elif self.train_matrix is not None and getattr(loss, "label_matrix", "absent") is None:
             loss.set_label_matrix(self.train_matrix)
+        if args.negatives in ("all", "all_cached") and getattr(loss, "logq_correction", False):
+            raise ValueError(
+                f"logq_correction corrects the sampling bias of in-batch negatives; negatives={args.negatives!r} "
+                "already scores every label, so turn it off"
+            )
         if args.negatives == "all" and type(loss).__name__ not in ("DecoupledSoftmaxLoss", "SoftmaxLoss"):
             raise ValueError(
                 f"negatives='all' supports DecoupledSoftmaxLoss and SoftmaxLoss (exact chunked softmax); got "

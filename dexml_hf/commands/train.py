@@ -148,6 +148,7 @@ def load_data(data_args, training_args=None):
             reader_kwargs = {
                 "max_titles": data_args.movielens_max_titles,
                 "train_positives": data_args.movielens_train_positives,
+                "views": data_args.movielens_views,
             }
         dataset = read_xmc(data_args.dataset, format=fmt, **reader_kwargs)
     else:

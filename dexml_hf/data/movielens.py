@@ -121,6 +121,19 @@ class MovieLensTables:
     ratings: dict[str, np.ndarray]  # "train" / "test" -> the raw (n, 4) ratings
 
 
+def _liked_histories(train: np.ndarray, users: np.ndarray, min_rating: int) -> list[np.ndarray]:
+    """Per user: the item ids of their liked train movies, most recent first (ties by item id)."""
+    liked = train[train[:, 2] >= min_rating]
+    liked = liked[np.lexsort((liked[:, 1], -liked[:, 3], liked[:, 0]))]
+    starts = np.searchsorted(liked[:, 0], users, side="left")
+    ends = np.searchsorted(liked[:, 0], users, side="right")
+    return [liked[start:end, 1] for start, end in zip(starts, ends)]
+
+
+def _titles_text(titles: list[str], items) -> str:
+    return "; ".join(titles[int(i) - 1] for i in items)
+
+
 def _user_texts(
     train: np.ndarray,
     titles: list[str],
@@ -130,16 +143,45 @@ def _user_texts(
     drop: set[tuple[int, int]] | None = None,
 ) -> list[str]:
     """Per user: titles of liked train movies, most recent first (ties by item), at most ``max_titles``."""
-    liked = train[train[:, 2] >= min_rating]
-    order = np.lexsort((liked[:, 1], -liked[:, 3], liked[:, 0]))
-    liked = liked[order]
-    starts = np.searchsorted(liked[:, 0], users, side="left")
-    ends = np.searchsorted(liked[:, 0], users, side="right")
     texts = []
-    for user, start, end in zip(users, starts, ends):
-        items = [int(i) for i in liked[start:end, 1] if drop is None or (int(user), int(i)) not in drop]
-        texts.append("; ".join(titles[i - 1] for i in items[:max_titles]))
+    for user, items in zip(users, _liked_histories(train, users, min_rating)):
+        kept = [i for i in items if drop is None or (int(user), int(i)) not in drop]
+        texts.append(_titles_text(titles, kept[:max_titles]))
     return texts
+
+
+def _unseen_views(
+    train: np.ndarray, titles: list[str], users: np.ndarray, min_rating: int, max_titles: int, views: int, seed: int
+) -> tuple[np.ndarray, list[str], sp.csr_matrix]:
+    """``views`` rows per user: shown liked titles in the text, every other liked train movie a positive.
+
+    View 0 shows the ``max_titles`` most recent liked movies (the test queries' text); view v >= 1 a seeded random
+    ``max_titles`` of them, still most recent first. Rows left without a positive (a user whose every liked movie
+    fits in the text) are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    row_users, texts, rows, cols = [], [], [], []
+    for user, items in zip(users, _liked_histories(train, users, min_rating)):
+        for view in range(views):
+            if view == 0:
+                shown = np.arange(min(max_titles, len(items)))
+            else:
+                shown = np.sort(rng.choice(len(items), size=min(max_titles, len(items)), replace=False))
+            hidden = np.setdiff1d(np.arange(len(items)), shown)
+            if len(hidden) == 0:
+                continue
+            rows.extend([len(texts)] * len(hidden))
+            cols.extend(items[hidden] - 1)
+            row_users.append(user)
+            texts.append(_titles_text(titles, items[shown]))
+    matrix = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64))),
+        shape=(len(texts), len(titles)),
+    )
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    matrix.sort_indices()
+    return np.array(row_users, dtype=np.int64), texts, matrix
 
 
 def _positives(ratings: np.ndarray, users: np.ndarray, num_labels: int, min_rating: int) -> sp.csr_matrix:
@@ -165,10 +207,13 @@ def movielens_tables(
     train_positives: str = "all",
     held_out_fraction: float = 0.2,
     seed: int = 0,
+    views: int = 1,
 ) -> MovieLensTables:
     """Convert ``u.item`` + ``u{fold}.base`` / ``u{fold}.test`` (see the module docstring for the choices)."""
-    if train_positives not in ("all", "held_out"):
-        raise ValueError(f"train_positives must be 'all' or 'held_out', got {train_positives!r}")
+    if train_positives not in ("all", "held_out", "unseen"):
+        raise ValueError(f"train_positives must be 'all', 'held_out' or 'unseen', got {train_positives!r}")
+    if views < 1 or (views > 1 and train_positives != "unseen"):
+        raise ValueError(f"views={views}: more than one text view per user needs train_positives='unseen'")
     if not 0 < held_out_fraction < 1:
         raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
     path = Path(path)
@@ -200,6 +245,11 @@ def movielens_tables(
         train_matrix.sort_indices()
         has = np.diff(train_matrix.indptr) > 0
         train_users, train_matrix = train_users[has], train_matrix[has]
+    train_texts = _user_texts(train, titles, train_users, min_rating, max_titles, drop)
+    if train_positives == "unseen":
+        train_users, train_texts, train_matrix = _unseen_views(
+            train, titles, train_users, min_rating, max_titles, views, seed
+        )
     test_matrix = _positives(test, test_users, len(titles), min_rating)
 
     # filters: (test row, label id) for every movie the test user rated in the train part
@@ -213,7 +263,7 @@ def movielens_tables(
         label_contents=contents,
         query_users={"train": train_users, "test": test_users},
         query_texts={
-            "train": _user_texts(train, titles, train_users, min_rating, max_titles, drop),
+            "train": train_texts,
             "test": _user_texts(train, titles, test_users, min_rating, max_titles),
         },
         label_matrices={"train": train_matrix, "test": test_matrix},

@@ -66,6 +66,7 @@ class XMCLoss(nn.Module):
         label_matrix: sp.spmatrix | None = None,
         gather_across_devices: bool = False,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+        logq_correction: bool = False,
     ) -> None:
         super().__init__()
         if not scale > 0:
@@ -74,7 +75,9 @@ class XMCLoss(nn.Module):
         self.scale = float(scale)
         self.gather_across_devices = gather_across_devices
         self.similarity_fct = similarity_fct
+        self.logq_correction = logq_correction
         self.label_matrix = None
+        self.label_log_prior: Tensor | None = None
         if label_matrix is not None:
             self.set_label_matrix(label_matrix)
 
@@ -92,6 +95,7 @@ class XMCLoss(nn.Module):
         matrix.eliminate_zeros()
         matrix.sort_indices()
         self.label_matrix = matrix
+        self.label_log_prior = label_log_prior(matrix)
 
     # ------------------------------------------------------------------------------------------------------------
     def loss_fn(self, scores: Tensor, positives: Tensor, reduction: str) -> Tensor:
@@ -160,6 +164,8 @@ class XMCLoss(nn.Module):
         with torch.autocast(device_type=query_embeddings.device.type, enabled=False):
             scores = self.similarity_fct(_at_least_fp32(query_embeddings), _at_least_fp32(unique_embeddings))
             scores = scores * self.scale
+            if self.logq_correction:
+                scores = scores - self._log_prior_of(unique_ids if candidate_ids is not None else None, scores)
         positives = positives.to(scores.device)
         total = self.loss_fn(scores, positives, reduction="sum")
         n_queries = positives.any(dim=1).sum()
@@ -202,12 +208,21 @@ class XMCLoss(nn.Module):
             positives[torch.from_numpy(row_of_entry[hit]), torch.from_numpy(cols[hit])] = True
         return positives
 
+    def _log_prior_of(self, label_ids: Tensor | None, scores: Tensor) -> Tensor:
+        if label_ids is None or self.label_log_prior is None:
+            raise ValueError(
+                "logq_correction needs label ids (a 'label' column) and the training label_matrix, which gives how "
+                "often each label is drawn as a positive"
+            )
+        return self.label_log_prior.to(scores.device, scores.dtype)[label_ids.to(scores.device)]
+
     # ------------------------------------------------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:
         config = {
             "scale": self.scale,
             "similarity_fct": similarity_fct_name(self.similarity_fct),
             "gather_across_devices": self.gather_across_devices,
+            "logq_correction": self.logq_correction,
             "label_matrix": None
             if self.label_matrix is None
             else f"{self.label_matrix.shape[0]}x{self.label_matrix.shape[1]} CSR",
@@ -221,6 +236,22 @@ class XMCLoss(nn.Module):
     @property
     def citation(self) -> str:
         return DEXML_CITATION
+
+
+def label_log_prior(label_matrix: sp.csr_matrix) -> Tensor:
+    """log q_j: the share of the training rows whose positive is label j, each query drawing one positive uniformly.
+
+    In-batch candidates are the other rows' positives, so label j is a negative in proportion to q_j; subtracting
+    log q_j from its scores (the logQ correction of Yi et al., RecSys 2019) makes the in-batch softmax estimate
+    the softmax over all labels, which keeps popular labels from being pushed down. Labels that are never a
+    positive get the smallest positive share (they only show up as extra negative columns).
+    """
+    per_query = np.diff(label_matrix.indptr)
+    weights = np.repeat(1.0 / np.maximum(per_query, 1), per_query)
+    share = np.bincount(label_matrix.indices, weights=weights, minlength=label_matrix.shape[1])
+    share /= max(share.sum(), 1e-300)
+    floor = share[share > 0].min() if (share > 0).any() else 1.0
+    return torch.from_numpy(np.log(np.maximum(share, floor))).float()
 
 
 def _at_least_fp32(tensor: Tensor) -> Tensor:

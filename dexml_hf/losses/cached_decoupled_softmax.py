@@ -20,6 +20,7 @@ class CachedDecoupledSoftmaxLoss(CachedXMCMixin, DecoupledSoftmaxLoss):
         label_matrix: sp.spmatrix | None = None,
         gather_across_devices: bool = False,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+        logq_correction: bool = False,
         mini_batch_size: int = 32,
         mini_batch_num_tokens: int | None = None,
         show_progress_bar: bool = False,
@@ -36,6 +37,10 @@ class CachedDecoupledSoftmaxLoss(CachedXMCMixin, DecoupledSoftmaxLoss):
             label_matrix: scipy sparse training label matrix (queries × labels); kept on CPU as CSR.
             gather_across_devices: Score against the candidates of every rank.
             similarity_fct: ``cos_sim`` (default) or ``dot_score``.
+            logq_correction: Subtract log q_j, the share of training rows whose positive is label j, from label j's
+                in-batch scores (Yi et al., RecSys 2019). In-batch negatives are drawn in proportion to how often a
+                label is a positive, so without it the loss pushes popular labels down; with it the in-batch
+                softmax estimates the softmax over all labels. Needs the label ids and ``label_matrix``.
             mini_batch_size: Rows embedded at once; bounds memory, not the loss.
             mini_batch_num_tokens: Alternatively, a token budget per mini-batch.
             show_progress_bar: Show a progress bar over the mini-batches.
@@ -73,5 +78,5 @@ class CachedDecoupledSoftmaxLoss(CachedXMCMixin, DecoupledSoftmaxLoss):
                 model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
                 loss = CachedDecoupledSoftmaxLoss(model, mini_batch_size=64)
         """
-        super().__init__(model, scale, label_matrix, gather_across_devices, similarity_fct)
+        super().__init__(model, scale, label_matrix, gather_across_devices, similarity_fct, logq_correction)
         self._init_cache(mini_batch_size, mini_batch_num_tokens, show_progress_bar)

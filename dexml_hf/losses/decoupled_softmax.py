@@ -20,6 +20,7 @@ class DecoupledSoftmaxLoss(XMCLoss):
         label_matrix: sp.spmatrix | None = None,
         gather_across_devices: bool = False,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+        logq_correction: bool = False,
     ) -> None:
         """
         The decoupled softmax of DEXML: for a query with positive labels P, each positive p is scored against
@@ -43,6 +44,10 @@ class DecoupledSoftmaxLoss(XMCLoss):
                 batch size.
             similarity_fct: Similarity of query and label embeddings, ``cos_sim`` by default; use
                 ``sentence_transformers.util.dot_score`` with ``scale=1`` for unnormalised DEXML checkpoints.
+            logq_correction: Subtract log q_j, the share of training rows whose positive is label j, from label j's
+                in-batch scores (Yi et al., RecSys 2019). In-batch negatives are drawn in proportion to how often a
+                label is a positive, so without it the loss pushes popular labels down; with it the in-batch
+                softmax estimates the softmax over all labels. Needs the label ids and ``label_matrix``.
 
         References:
             - Dual-Encoders for Extreme Multi-Label Classification (Gupta et al., ICLR 2024):
@@ -95,7 +100,7 @@ class DecoupledSoftmaxLoss(XMCLoss):
                 trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss)
                 trainer.train()
         """
-        super().__init__(model, scale, label_matrix, gather_across_devices, similarity_fct)
+        super().__init__(model, scale, label_matrix, gather_across_devices, similarity_fct, logq_correction)
 
     def loss_fn(self, scores: Tensor, positives: Tensor, reduction: str) -> Tensor:
         return functional.decoupled_softmax(scores, positives, reduction=reduction)

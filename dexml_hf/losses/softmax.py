@@ -20,6 +20,7 @@ class SoftmaxLoss(XMCLoss):
         label_matrix: sp.spmatrix | None = None,
         gather_across_devices: bool = False,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+        logq_correction: bool = False,
     ) -> None:
         """
         Multi-positive InfoNCE ("PAL"): every positive p of a query is scored against all candidates, the other
@@ -34,6 +35,10 @@ class SoftmaxLoss(XMCLoss):
             gather_across_devices: Score against the candidates of every rank (same loss as one process on the
                 concatenated batch).
             similarity_fct: ``cos_sim`` (default) or ``dot_score``.
+            logq_correction: Subtract log q_j, the share of training rows whose positive is label j, from label j's
+                in-batch scores (Yi et al., RecSys 2019). In-batch negatives are drawn in proportion to how often a
+                label is a positive, so without it the loss pushes popular labels down; with it the in-batch
+                softmax estimates the softmax over all labels. Needs the label ids and ``label_matrix``.
 
         References:
             - Dual-Encoders for Extreme Multi-Label Classification (Gupta et al., ICLR 2024):
@@ -66,7 +71,7 @@ class SoftmaxLoss(XMCLoss):
                 model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
                 loss = SoftmaxLoss(model, scale=20.0)
         """
-        super().__init__(model, scale, label_matrix, gather_across_devices, similarity_fct)
+        super().__init__(model, scale, label_matrix, gather_across_devices, similarity_fct, logq_correction)
 
     def loss_fn(self, scores: Tensor, positives: Tensor, reduction: str) -> Tensor:
         return functional.softmax_pal(scores, positives, reduction=reduction)

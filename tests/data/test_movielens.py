@@ -111,3 +111,42 @@ def test_bad_rating_line_names_file_and_line(tmp_path):
     items.write_text("1|Toy Story (1995)|01-Jan-1995||url|0|0\n")
     with pytest.raises(ValueError, match=r"u.item, line 1"):
         read_items(items)
+
+
+def test_unseen_mode_makes_every_liked_movie_outside_the_text_a_positive(ml):
+    base = _raw(ml / "u1.base")
+    titles = [line.split("|")[1] for line in open(ml / "u.item", encoding="latin-1") if line.strip()]
+    history = defaultdict(list)
+    for u, i, r, t in base:
+        if r >= 4:
+            history[u].append((-t, i))
+    t = movielens_tables(ml, max_titles=4, train_positives="unseen", views=3, seed=5)
+    users, texts, matrix = t.query_users["train"], t.query_texts["train"], t.label_matrices["train"]
+    assert len(users) == len(texts) == matrix.shape[0]
+    # users with <= 4 liked movies have nothing left to predict; every other user gets 3 views
+    expected_rows = {u: 3 for u, items in history.items() if len(items) > 4}
+    got_rows = defaultdict(int)
+    for u in users.tolist():
+        got_rows[u] += 1
+    assert got_rows == expected_rows
+    duplicated = {title for title in titles if titles.count(title) > 1}
+    first_row, checked = {}, 0
+    for row, user in enumerate(users.tolist()):
+        first_row.setdefault(user, row)
+        ordered = [i for _, i in sorted(history[user])]
+        if any(titles[i - 1] in duplicated for i in ordered):
+            continue  # a title shared by two ids cannot be mapped back to one id
+        shown_titles = texts[row].split("; ")
+        shown = [i for i in ordered if titles[i - 1] in shown_titles]
+        # 4 liked movies shown, most recent first; the positives are exactly the liked movies not shown
+        assert len(shown) == 4 and texts[row] == "; ".join(titles[i - 1] for i in shown)
+        assert set((matrix[row].indices + 1).tolist()) == set(ordered) - set(shown)
+        if row == first_row[user]:  # view 0 is the test-time text: the 4 most recent
+            assert shown == ordered[:4]
+        checked += 1
+    assert checked > 1500  # of 2,778 rows
+    # the random views differ from view 0 for most users
+    differing = sum(texts[r] != texts[r + 1] for r in first_row.values())
+    assert differing > 0.9 * len(first_row)
+    with pytest.raises(ValueError, match="views=2"):
+        movielens_tables(ml, train_positives="held_out", views=2)

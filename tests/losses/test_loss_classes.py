@@ -85,6 +85,38 @@ def test_dedup_and_positives_mask(loss_cls, fn, use_matrix):
     assert duplicates and torch.all(candidates.grad[duplicates] == 0)
 
 
+@pytest.mark.parametrize("loss_cls,fn", LOSSES[:2], ids=LOSS_IDS[:2])
+def test_logq_correction_subtracts_each_labels_log_positive_share(loss_cls, fn):
+    """q_j = sum over queries having label j of 1/|P_q|, normalised; the loss sees scale * cos - log q_j."""
+    torch.manual_seed(1)
+    queries, candidates = torch.randn(4, 8, dtype=torch.float64), torch.randn(8, 8, dtype=torch.float64)
+    ids = POSITIVE_IDS + NEGATIVE_IDS
+    for i, label in enumerate(ids):  # same label, same embedding
+        candidates[i] = candidates[ids.index(label)]
+    loss_obj = loss_cls(model=torch.nn.Identity(), scale=7.0, label_matrix=LABEL_MATRIX, logq_correction=True)
+    got = loss_obj.compute_loss_from_embeddings(queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids))
+
+    # by hand: query 0 has {10, 12}, query 1 {11, 12, 13}, query 2 {3, 10}; query 3 none
+    share = {3: 1 / 2, 10: 1 / 2 + 1 / 2, 11: 1 / 3, 12: 1 / 2 + 1 / 3, 13: 1 / 3}
+    total = sum(share.values())
+    unique_ids = sorted(set(ids))
+    # label 14 (only a hard negative, never a positive) gets the smallest share, 1/3
+    log_q = torch.tensor([np.log(share.get(u, 1 / 3) / total) for u in unique_ids], dtype=torch.float64)
+    unique_emb = torch.stack([candidates[ids.index(u)] for u in unique_ids])
+    mask = expected_mask(QUERY_IDS, POSITIVE_IDS, unique_ids, LABEL_MATRIX)
+    expected = fn(cosine(queries, unique_emb) * 7.0 - log_q, mask)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    plain = loss_cls(model=torch.nn.Identity(), scale=7.0, label_matrix=LABEL_MATRIX)
+    assert plain.compute_loss_from_embeddings(
+        queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids)
+    ).item() != pytest.approx(got.item(), rel=1e-3)
+    # without the label matrix there is nothing to estimate q from
+    with pytest.raises(ValueError, match="logq_correction needs"):
+        loss_cls(model=torch.nn.Identity(), logq_correction=True).compute_loss_from_embeddings(
+            queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids)
+        )
+
+
 def test_bad_inputs_raise_clear_errors():
     loss = DecoupledSoftmaxLoss(torch.nn.Identity(), label_matrix=LABEL_MATRIX)
     q, c = torch.randn(4, 3), torch.randn(8, 3)

@@ -112,6 +112,46 @@ def test_all_mode_loss_matches_one_piece(tiny_model, tmp_path):
     torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("loss_name", ["decoupled", "pal"])
+def test_all_cached_loss_scores_every_positive_against_every_label(tiny_model, tmp_path, loss_name):
+    """'all_cached' with a fresh cache: every positive of the row's query is a term (weight 1/|P|), over every label.
+
+    The decoupled denominator leaves out the query's other positives; PAL's keeps them. Computed here by hand from
+    the label texts (one logsumexp per positive), independently of the trainer's masks.
+    """
+    from dexml_hf.losses import SoftmaxLoss
+
+    xmc = make_xmc()
+    loss = SoftmaxLoss(tiny_model) if loss_name == "pal" else None
+    trainer = DEXMLTrainer(
+        model=tiny_model,
+        args=_args(tmp_path, negatives="all_cached", label_refresh_steps=1, avoid_duplicate_labels_in_batch=False),
+        train_dataset=xmc,
+        loss=loss,
+    )
+    trainer._begin_epoch(0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    tiny_model.eval()
+    with torch.no_grad():
+        got = trainer.compute_loss(tiny_model, dict(batch))
+        ids, sampled = batch["label"][:, 0].tolist(), batch["label"][:, 1].tolist()
+        texts = xmc.query_texts("train")
+        q = tiny_model.encode([texts[i] for i in ids], convert_to_tensor=True, normalize_embeddings=True)
+        e = tiny_model.encode(xmc.label_texts(), convert_to_tensor=True, normalize_embeddings=True)
+        scores = trainer.loss.scale * q @ e.T
+        truth = xmc.label_matrices["train"]
+        expected = []
+        for row, (query, positive) in enumerate(zip(ids, sampled)):
+            mine = set(truth[query].indices.tolist())
+            assert positive in mine
+            terms = []
+            for p in sorted(mine):
+                keep = [c for c in range(xmc.num_labels) if loss_name == "pal" or c not in mine or c == p]
+                terms.append(torch.logsumexp(scores[row, keep], 0) - scores[row, p])
+            expected.append(torch.stack(terms).mean())
+    torch.testing.assert_close(got, torch.stack(expected).mean(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
