@@ -5,10 +5,12 @@ the 1,682 movie titles, test positives the movies they rated >= 4 in u1.test; ev
 in u1.base is filtered out of their predictions, for every method alike (dexml_hf/data/movielens.py).
 Popularity ranks movies by their number of ratings (or of >= 4 ratings) in u1.base.
 
-    python benchmarks/movielens.py            # in-batch and all-label (cached) training, 60 steps each
-    python benchmarks/movielens.py --quick    # in-batch only, 10 steps (a smoke run)
+    python benchmarks/movielens.py            # the recipe's setup (in-batch + logQ), and in-batch without logQ
+    python benchmarks/movielens.py --runs all_cached --max-steps 150   # all labels from a cache instead
+    python benchmarks/movielens.py --quick    # the first run only, 10 steps (a smoke run)
 
-On a busy 2-core machine a step of batch 32 / 64 tokens took ~25 s, so the full run takes about an hour there.
+The defaults are recipes/movielens/cpu.yaml's: 'unseen' positives (liked movies not in the text), 3 text views
+per user, 8 titles / 64 tokens, batch 64, lr 2e-4, 150 steps: about 4 minutes a run on 2 idle cores.
 
 Prints a markdown table; all rows come from this one run.
 """
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNS = ("in_batch+logq", "in_batch", "all_cached", "all")
 LOSS_NAMES = {"decoupled": "DecoupledSoftmax", "pal": "Softmax (PAL)"}
 DEFAULT_DATA = Path(os.environ.get("DEXML_SHARED_DATA", ROOT.parent / "shared" / "data")) / "movielens-100k"
 
@@ -58,12 +61,12 @@ def popularity_scores(counts: np.ndarray, num_queries: int) -> torch.Tensor:
     return torch.as_tensor(score, dtype=torch.float64).expand(num_queries, -1)
 
 
-def train(model, xmc, args, negatives: str, output_dir: str) -> float:
+def train(model, xmc, args, run: str, output_dir: str) -> float:
     from dexml_hf import DEXMLTrainer, DEXMLTrainingArguments
 
     targs = DEXMLTrainingArguments(
         output_dir=output_dir,
-        negatives=negatives,
+        negatives=run.removesuffix("+logq"),
         temperature=args.temperature,
         label_refresh_steps=args.label_refresh_steps,
         per_device_train_batch_size=args.batch_size,
@@ -83,7 +86,7 @@ def train(model, xmc, args, negatives: str, output_dir: str) -> float:
     from dexml_hf.losses import DecoupledSoftmaxLoss, SoftmaxLoss
 
     loss_class = SoftmaxLoss if args.loss == "pal" else DecoupledSoftmaxLoss
-    loss = loss_class(model, scale=1.0 / args.temperature, logq_correction=args.logq and negatives == "in_batch")
+    loss = loss_class(model, scale=1.0 / args.temperature, logq_correction=run.endswith("+logq"))
     start = time.perf_counter()
     DEXMLTrainer(model=model, args=targs, train_dataset=xmc, loss=loss).train()
     return time.perf_counter() - start
@@ -93,24 +96,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--model", default=None, help="default: the bundled all-MiniLM-L6-v2")
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (few steps, in-batch only)")
-    parser.add_argument("--negatives", nargs="+", default=["in_batch", "all_cached"])
-    parser.add_argument("--max-titles", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (10 steps, the first run only)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["in_batch+logq", "in_batch"],
+        choices=RUNS,
+        help="negatives mode of each trained row; '+logq' adds the logQ correction",
+    )
+    # defaults = recipes/movielens/cpu.yaml
+    parser.add_argument("--max-titles", type=int, default=8)
     parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--train-positives", default="all", choices=["all", "held_out", "unseen"])
-    parser.add_argument("--views", type=int, default=1, help="text views per train user ('unseen' positives only)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--train-positives", default="unseen", choices=["all", "held_out", "unseen"])
+    parser.add_argument("--views", type=int, default=3, help="text views per train user ('unseen' positives only)")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--loss", default="decoupled", choices=["decoupled", "pal"])
-    parser.add_argument("--logq", action="store_true", help="logQ-correct the in-batch negatives")
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--epochs", type=float, default=8)
-    parser.add_argument("--max-steps", type=int, default=60)
+    parser.add_argument("--max-steps", type=int, default=150)
     parser.add_argument("--label-refresh-steps", type=int, default=15)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     if args.quick:
-        args.negatives, args.max_steps = args.negatives[:1], 10
+        args.runs, args.max_steps = args.runs[:1], 10
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from dexml_hf.data.movielens import load_movielens
 
     xmc = load_movielens(
-        args.data, max_titles=args.max_titles, train_positives=args.train_positives, views=args.views, seed=args.seed
+        args.data, max_titles=args.max_titles, train_positives=args.train_positives, views=args.views
     )
     model_path = args.model
     if model_path is None:
@@ -138,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     base = SentenceTransformer(model_path, device="cpu")
     base.max_seq_length = args.max_seq_length
     rows.append({**evaluate("all-MiniLM-L6-v2, untrained", model_scores(base, xmc), xmc), "time": "-"})
-    for negatives in args.negatives:
+    for run in args.runs:
         model = SentenceTransformer(model_path, device="cpu")
         model.max_seq_length = args.max_seq_length
         with tempfile.TemporaryDirectory() as out:
-            seconds = train(model, xmc, args, negatives, out)
+            seconds = train(model, xmc, args, run, out)
         rows.append(
             {
-                **evaluate(f"MiniLM + {LOSS_NAMES[args.loss]}, negatives={negatives}{' + logQ' if args.logq and negatives == 'in_batch' else ''}", model_scores(model, xmc), xmc),
+                **evaluate(f"MiniLM + {LOSS_NAMES[args.loss]}, negatives={run.replace('+logq', ' + logQ')}", model_scores(model, xmc), xmc),
                 "time": f"{seconds / 60:.1f} min",
             }
         )

@@ -91,10 +91,20 @@ class LossArguments:
     )
     topk_k: int = field(default=5, metadata={"help": "soft_topk loss: k (5 optimises P@5, 100 R@100)."})
     topk_alpha: float = field(default=2.0, metadata={"help": "soft_topk loss: sharpness alpha of the top-k operator."})
+    logq_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "In-batch negatives only (decoupled_softmax, cached_decoupled_softmax, softmax): subtract each "
+            "label's log share of the training positives from its scores, so popular labels are not pushed down "
+            "for being frequent negatives (recommendation-like data)."
+        },
+    )
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.logq_correction and self.loss not in ("decoupled_softmax", "cached_decoupled_softmax", "softmax"):
+            raise ValueError(f"logq_correction applies to the softmax losses, not to loss={self.loss!r}")
         if self.topk_k <= 0 or not self.topk_alpha > 0:
             raise ValueError(f"topk_k and topk_alpha must be positive, got {self.topk_k}, {self.topk_alpha}")
 

@@ -459,9 +459,12 @@ _LOSS_CLASS_NAMES = {
 
 
 def _loss_extra_config(loss_args) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
     if loss_args.loss == "soft_topk":
-        return {"k": loss_args.topk_k, "alpha": loss_args.topk_alpha}
-    return {}
+        extra.update(k=loss_args.topk_k, alpha=loss_args.topk_alpha)
+    if getattr(loss_args, "logq_correction", False):
+        extra["logq_correction"] = True
+    return extra
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,6 +193,8 @@ def build_loss(loss_args, training_args, model, label_matrix):
     }
     if loss_args.loss == "soft_topk":
         kwargs.update(k=loss_args.topk_k, alpha=loss_args.topk_alpha)
+    if loss_args.logq_correction:
+        kwargs["logq_correction"] = True
     return classes[loss_args.loss](model, **kwargs)
 
 

@@ -8,9 +8,12 @@ in the *train* part only, so nothing of the test part leaks into the input:
   recent first (ties by item id), truncated to ``max_titles``, joined with ``"; "``;
 - **labels**: all 1,682 movies of ``u.item`` (title; ``content`` = genres and release date);
 - **train positives**: the user's ``u1.base`` movies rated >= ``min_rating`` (``train_positives="all"``,
-  so the encoder learns user -> movie; the most recent ones are also in the text) or, with
+  so the encoder learns user -> movie; the most recent ones are also in the text); with
   ``train_positives="held_out"``, a seeded random ``held_out_fraction`` of them that is *removed*
-  from that user's train text, which mimics the test task (predict liked movies not in the text);
+  from that user's train text; with ``train_positives="unseen"`` (the recipe's choice), every liked
+  movie that is *not* in the text, which is the test task (predict liked movies beyond the history
+  shown) and never makes a liked movie a negative. ``views`` > 1 (``"unseen"`` only) adds rows with
+  seeded random subsets of the liked movies as the text: more distinct (history, rest) pairs per user;
 - **test positives**: the user's ``u1.test`` movies rated >= ``min_rating``; test users with none
   are dropped (they would score zero whatever the model does);
 - **test filters**: every movie the user rated in ``u1.base`` (any rating): a recommender should
