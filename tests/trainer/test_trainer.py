@@ -187,6 +187,15 @@ def test_bad_datasets(tiny_model, tmp_path):
         DEXMLTrainer(model=tiny_model, args=_args(tmp_path), train_dataset=xmc, eval_dataset="dev")
 
 
+@pytest.mark.parametrize("mode", ["all", "all_cached"])
+def test_logq_correction_is_refused_where_every_label_is_scored(tiny_model, tmp_path, mode):
+    from dexml_hf.losses import DecoupledSoftmaxLoss
+
+    loss = DecoupledSoftmaxLoss(tiny_model, logq_correction=True)
+    with pytest.raises(ValueError, match="logq_correction corrects the sampling bias"):
+        DEXMLTrainer(model=tiny_model, args=_args(tmp_path, negatives=mode), train_dataset=make_xmc(), loss=loss)
+
+
 def test_sampler_avoids_duplicate_labels_and_is_seeded():
     from dexml_hf.negatives.sampler import NoDuplicateLabelsBatchSampler
 
