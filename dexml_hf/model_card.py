@@ -167,6 +167,7 @@ class DEXMLModelCardData:
     num_eval_queries: int | None = None
     eval_split: str = "test"
     filtered: bool = False
+    example_query: str = "how do I keep bread crust soft?"  # the usage snippet's query; the CLI uses a test query
     query_text_mode: str = "title"
     label_text_mode: str = "title"
     pooling: str | None = None
@@ -292,7 +293,7 @@ class DEXMLModelCardData:
                 "model = SentenceTransformer(path)",
                 'index = LabelIndex.load(f"{path}/label_index")  # embeddings of every label text',
                 "",
-                'queries = ["how do I keep bread crust soft?"]',
+                f"queries = [{self.example_query[:200]!r}]",
                 "scores, label_ids = index.search(model.encode(queries, convert_to_tensor=True), k=5)",
                 "for score, label_id in zip(scores[0].tolist(), label_ids[0].tolist()):",
                 '    print(f"{score:.3f}  {index.texts[label_id] if index.texts else label_id}")',

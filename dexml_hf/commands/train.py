@@ -172,6 +172,12 @@ def load_data(data_args, training_args=None):
     return dataset
 
 
+def _example_query(dataset, split: str, mode: str) -> str:
+    """The first non-empty query text of ``split``: the card's usage snippet then speaks the data's language."""
+    texts = dataset.query_texts(split, _QUERY_MODES[mode])
+    return next((text for text in texts[:100] if text.strip()), "how do I keep bread crust soft?")
+
+
 def build_loss(loss_args, training_args, model, label_matrix):
     """The loss named by ``loss_args`` with scale 1/τ, the train label matrix (for masking) and the model's similarity."""
     from sentence_transformers.util import cos_sim, dot_score
@@ -285,6 +291,7 @@ def run_train(model_args, data_args, loss_args, training_args, recipe=None, comm
         num_train_queries=dataset.num_queries("train"),
         eval_split=data_args.test_split,
         filtered=bool(len(dataset.filters.get(data_args.test_split, ()))),
+        example_query=_example_query(dataset, data_args.test_split, training_args.query_text_mode),
         query_text_mode=training_args.query_text_mode,
         label_text_mode=training_args.label_text_mode,
         pooling=model_args.pooling,
