@@ -18,6 +18,7 @@ _EXPORTS = {
     "SoftmaxLoss": "dexml_hf.losses",
     "OvABCELoss": "dexml_hf.losses",
     "CachedDecoupledSoftmaxLoss": "dexml_hf.losses",
+    "CachedSoftTopKLoss": "dexml_hf.losses",
     # data
     "XMCDataset": "dexml_hf.data",
     "load_xmc_dataset": "dexml_hf.data",

@@ -38,7 +38,7 @@ def hub_base_model(name: str) -> str:
     return name
 
 
-LOSSES = ("decoupled_softmax", "softmax", "soft_topk", "ova_bce", "cached_decoupled_softmax")
+LOSSES = ("decoupled_softmax", "softmax", "soft_topk", "ova_bce", "cached_decoupled_softmax", "cached_soft_topk")
 
 
 @dataclass
@@ -89,8 +89,12 @@ class LossArguments:
         default="decoupled_softmax",
         metadata={"help": f"Training loss, one of {', '.join(LOSSES)}. decoupled_softmax is the paper's loss."},
     )
-    topk_k: int = field(default=5, metadata={"help": "soft_topk loss: k (5 optimises P@5, 100 R@100)."})
-    topk_alpha: float = field(default=2.0, metadata={"help": "soft_topk loss: sharpness alpha of the top-k operator."})
+    topk_k: int = field(
+        default=5, metadata={"help": "soft_topk / cached_soft_topk loss: k (5 optimises P@5, 100 R@100)."}
+    )
+    topk_alpha: float = field(
+        default=2.0, metadata={"help": "soft_topk / cached_soft_topk loss: sharpness alpha of the top-k operator."}
+    )
     logq_correction: bool = field(
         default=False,
         metadata={

@@ -455,13 +455,14 @@ _LOSS_CLASS_NAMES = {
     "cached_decoupled_softmax": "CachedDecoupledSoftmaxLoss",
     "softmax": "SoftmaxLoss",
     "soft_topk": "SoftTopKLoss",
+    "cached_soft_topk": "CachedSoftTopKLoss",
     "ova_bce": "OvABCELoss",
 }
 
 
 def _loss_extra_config(loss_args) -> dict[str, Any]:
     extra: dict[str, Any] = {}
-    if loss_args.loss == "soft_topk":
+    if loss_args.loss in ("soft_topk", "cached_soft_topk"):
         extra.update(k=loss_args.topk_k, alpha=loss_args.topk_alpha)
     if getattr(loss_args, "logq_correction", False):
         extra["logq_correction"] = True

@@ -189,6 +189,7 @@ def build_loss(loss_args, training_args, model, label_matrix):
         "cached_decoupled_softmax": losses.CachedDecoupledSoftmaxLoss,
         "softmax": losses.SoftmaxLoss,
         "soft_topk": losses.SoftTopKLoss,
+        "cached_soft_topk": losses.CachedSoftTopKLoss,
         "ova_bce": losses.OvABCELoss,
     }
     kwargs: dict[str, Any] = {
@@ -197,7 +198,7 @@ def build_loss(loss_args, training_args, model, label_matrix):
         "gather_across_devices": training_args.world_size > 1,
         "similarity_fct": cos_sim if model.similarity_fn_name == "cosine" else dot_score,
     }
-    if loss_args.loss == "soft_topk":
+    if loss_args.loss in ("soft_topk", "cached_soft_topk"):
         kwargs.update(k=loss_args.topk_k, alpha=loss_args.topk_alpha)
     if loss_args.logq_correction:
         kwargs["logq_correction"] = True

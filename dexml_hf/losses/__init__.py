@@ -5,6 +5,7 @@ from __future__ import annotations
 from dexml_hf.losses.base import XMCLoss
 from dexml_hf.losses.cached import CachedXMCMixin
 from dexml_hf.losses.cached_decoupled_softmax import CachedDecoupledSoftmaxLoss
+from dexml_hf.losses.cached_soft_topk import CachedSoftTopKLoss
 from dexml_hf.losses.decoupled_softmax import DecoupledSoftmaxLoss
 from dexml_hf.losses.functional import (
     DecoupledSoftmaxAccumulator,
@@ -28,6 +29,7 @@ __all__ = [
     "SoftmaxLoss",
     "OvABCELoss",
     "SoftTopKLoss",
+    "CachedSoftTopKLoss",
     "DecoupledSoftmaxAccumulator",
     "decoupled_softmax",
     "decoupled_softmax_from_lse",

@@ -13,7 +13,14 @@ from sentence_transformers import InputExample, SentenceTransformerTrainer, Sent
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from torch.utils.data import DataLoader
 
-from dexml_hf import CachedDecoupledSoftmaxLoss, DecoupledSoftmaxLoss, OvABCELoss, SoftmaxLoss, SoftTopKLoss
+from dexml_hf import (
+    CachedDecoupledSoftmaxLoss,
+    CachedSoftTopKLoss,
+    DecoupledSoftmaxLoss,
+    OvABCELoss,
+    SoftmaxLoss,
+    SoftTopKLoss,
+)
 from dexml_hf.losses import functional
 
 LOSSES = [
@@ -164,7 +171,15 @@ def test_forward_embeds_with_the_model(tiny_model, loss_cls, fn):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_model.parameters())
 
 
-def test_cached_equals_uncached(tiny_model):
+@pytest.mark.parametrize(
+    "plain_cls,cached_cls",
+    [
+        (DecoupledSoftmaxLoss, CachedDecoupledSoftmaxLoss),
+        (partial(SoftTopKLoss, k=2), partial(CachedSoftTopKLoss, k=2)),
+    ],
+    ids=["decoupled", "soft_topk"],
+)
+def test_cached_equals_uncached(tiny_model, plain_cls, cached_cls):
     import copy
 
     tiny_model.eval()  # no dropout, so both runs see the same network
@@ -173,10 +188,11 @@ def test_cached_equals_uncached(tiny_model):
     positives = [f"label {i % 4}" for i in range(7)]
     labels = torch.tensor([[i, i % 4] for i in range(7)])
     matrix = sp.csr_matrix((np.ones(7), (np.arange(7), np.arange(7) % 4)), shape=(7, 4))
-    plain = DecoupledSoftmaxLoss(tiny_model, label_matrix=matrix)
-    cached = CachedDecoupledSoftmaxLoss(other, label_matrix=matrix, mini_batch_size=3)
+    plain = plain_cls(tiny_model, label_matrix=matrix)
+    cached = cached_cls(other, label_matrix=matrix, mini_batch_size=3)
     loss_a = plain([_features(tiny_model, queries), _features(tiny_model, positives)], labels)
     loss_a.backward()
+    assert loss_a.item() > 0.01  # a loss with something to learn, so equal gradients mean something
     loss_b = cached([_features(other, queries), _features(other, positives)], labels)
     loss_b.backward()
     assert loss_b.item() == pytest.approx(loss_a.item(), rel=1e-5)
