@@ -248,11 +248,12 @@ def movielens_tables(
         train_matrix.sort_indices()
         has = np.diff(train_matrix.indptr) > 0
         train_users, train_matrix = train_users[has], train_matrix[has]
-    train_texts = _user_texts(train, titles, train_users, min_rating, max_titles, drop)
     if train_positives == "unseen":
         train_users, train_texts, train_matrix = _unseen_views(
             train, titles, train_users, min_rating, max_titles, views, seed
         )
+    else:
+        train_texts = _user_texts(train, titles, train_users, min_rating, max_titles, drop)
     test_matrix = _positives(test, test_users, len(titles), min_rating)
 
     # filters: (test row, label id) for every movie the test user rated in the train part

@@ -95,7 +95,7 @@ class XMCLoss(nn.Module):
         matrix.eliminate_zeros()
         matrix.sort_indices()
         self.label_matrix = matrix
-        self.label_log_prior = label_log_prior(matrix)
+        self.label_log_prior = label_log_prior(matrix) if self.logq_correction else None
 
     # ------------------------------------------------------------------------------------------------------------
     def loss_fn(self, scores: Tensor, positives: Tensor, reduction: str) -> Tensor:
