@@ -340,6 +340,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             self.model.preprocess,
             scale=self.loss.scale,
             label_chunk_size=self.args.label_chunk_size,
+            mini_batch_size=self.args.label_mini_batch_size,
             loss="softmax" if type(self.loss).__name__ == "SoftmaxLoss" else "decoupled_softmax",
             ddp_grad_factor=float(world) if world > 1 else 1.0,
             normalize=self._similarity_is_cosine(),

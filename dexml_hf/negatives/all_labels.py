@@ -68,7 +68,7 @@ class _PassState:
     lse: Tensor  # (B_global,) logsumexp over the negatives (decoupled) or every label (softmax)
     neg_coef: Tensor  # (B_global,) weight of softmax(s - lse) in dL/ds
     pair_coef: Tensor  # (nnz,) what each positive pair subtracts from dL/ds
-    chunk_states: list[RandContext | None]
+    chunk_states: list[list[RandContext | None]]  # per chunk, per encoder call
     chunks: list[tuple[int, int]]
     query_state: RandContext | None
     query_slice: slice  # this rank's rows in the global batch
@@ -84,7 +84,10 @@ class AllLabelsLoss:
             or a lazy generator object for benchmarks).
         preprocess: turns a list of texts into model features (``SentenceTransformer.preprocess``).
         scale: multiplies the dot products (1/τ); scores are computed in fp32.
-        label_chunk_size: labels per encoder call; bounds activation memory.
+        label_chunk_size: labels scored at once (a B × chunk score block).
+        mini_batch_size: labels per encoder call inside a chunk (``None``: the whole chunk). The chunk's texts are
+            grouped by length first, so each call pads to similar lengths: fewer padded tokens, and activation
+            memory bounded by the mini-batch. Same loss and gradients.
         loss: ``"decoupled_softmax"`` (other positives leave the denominator, the paper's loss) or ``"softmax"``
             (every label in the denominator).
         normalize: L2-normalise both sides (cosine scores, as the losses' default ``similarity_fct``).
@@ -103,6 +106,7 @@ class AllLabelsLoss:
         ddp_grad_factor: float = 1.0,
         normalize: bool = False,
         show_progress_bar: bool = False,
+        mini_batch_size: int | None = None,
     ) -> None:
         if loss not in ALL_LABEL_LOSSES:
             raise ValueError(
@@ -110,6 +114,8 @@ class AllLabelsLoss:
             )
         if label_chunk_size <= 0:
             raise ValueError(f"label_chunk_size must be > 0, got {label_chunk_size}")
+        if mini_batch_size is not None and mini_batch_size <= 0:
+            raise ValueError(f"mini_batch_size must be > 0 or None, got {mini_batch_size}")
         self.model = model
         self.label_texts = label_texts
         self.preprocess = preprocess
@@ -119,6 +125,7 @@ class AllLabelsLoss:
         self.ddp_grad_factor = float(ddp_grad_factor)
         self.normalize = normalize
         self.show_progress_bar = show_progress_bar
+        self.mini_batch_size = mini_batch_size
 
     def _prep(self, emb: Tensor) -> Tensor:
         """fp32 scores even under autocast; L2-normalised when the loss scores by cosine similarity."""
@@ -139,6 +146,25 @@ class AllLabelsLoss:
         with nullcontext() if with_grad else torch.no_grad():
             emb = self.model(dict(features))["sentence_embedding"]
         return emb, state
+
+    def _pieces(self, texts: list[str]) -> list[np.ndarray]:
+        """Positions of a chunk's texts per encoder call: grouped by length (stable), ``mini_batch_size`` a call."""
+        n = len(texts)
+        if self.mini_batch_size is None or self.mini_batch_size >= n:
+            return [np.arange(n)]
+        order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=n), kind="stable")
+        return [np.sort(order[i : i + self.mini_batch_size]) for i in range(0, n, self.mini_batch_size)]
+
+    def _encode_chunk(self, texts: list[str], snapshot: bool) -> tuple[Tensor, list[RandContext | None]]:
+        """No-grad embeddings (c × d) of a chunk, one encoder call per piece; the RNG state of each call."""
+        pieces, states, out = self._pieces(texts), [], None
+        for idx in pieces:
+            emb, state = self._encode(self._features([texts[i] for i in idx]), False, snapshot=snapshot)
+            if out is None:
+                out = emb.new_empty((len(texts), emb.shape[1]))
+            out[torch.as_tensor(idx, device=emb.device)] = emb
+            states.append(state)
+        return out, states
 
     # -- the two passes ------------------------------------------------------------------------------------------
     def __call__(
@@ -194,10 +220,10 @@ class AllLabelsLoss:
         ][rank::world]
         lse = torch.full((batch,), -math.inf, device=device)  # over the negatives (decoupled) or all labels
         pair_score = torch.zeros(pos_rows.shape[0], device=device)
-        chunk_states: list[RandContext | None] = []
+        chunk_states: list[list[RandContext | None]] = []  # per chunk, per encoder call
         for start, end in tqdm(chunks, desc="all labels (no grad)", disable=not self.show_progress_bar):
-            emb, state = self._encode(self._features(self.label_texts[start:end]), False, snapshot=grad_enabled)
-            chunk_states.append(state)
+            emb, states = self._encode_chunk(list(self.label_texts[start:end]), snapshot=grad_enabled)
+            chunk_states.append(states)
             scores = self.scale * queries @ self._prep(emb).T  # (B, c) fp32
             in_chunk = (pos_cols >= start) & (pos_cols < end)
             r, c = pos_rows[in_chunk], pos_cols[in_chunk] - start
@@ -249,14 +275,17 @@ class AllLabelsLoss:
         loss.register_hook(lambda grad, st=state, qf=query_features: self._gradient_pass(grad, st, qf))
         return loss
 
-    def chunk_score_gradient(self, scores: Tensor, start: int, end: int, st: _PassState) -> Tensor:
-        """∂(mean loss)/∂scores for one chunk (B × c) from the stored logsumexps: weighted softmax − positives."""
+    def score_gradient(self, scores: Tensor, label_ids: Tensor, st: _PassState) -> Tensor:
+        """∂(mean loss)/∂scores of the columns ``label_ids`` (distinct ids; B × len(label_ids)) from the stored
+        logsumexps: weighted softmax − positives."""
         grad = st.neg_coef[:, None] * torch.exp(scores - st.lse[:, None])
-        in_chunk = (st.pos_cols >= start) & (st.pos_cols < end)
-        r, c = st.pos_rows[in_chunk], st.pos_cols[in_chunk] - start
+        sorted_ids, perm = torch.sort(label_ids)
+        where = torch.searchsorted(sorted_ids, st.pos_cols).clamp_max(len(sorted_ids) - 1)
+        hit = sorted_ids[where] == st.pos_cols
+        r, c = st.pos_rows[hit], perm[where[hit]]
         if self.loss == "decoupled_softmax":
             grad[r, c] = 0.0  # positives are not in their query's denominator
-        grad.index_put_((r, c), -st.pair_coef[in_chunk], accumulate=True)
+        grad.index_put_((r, c), -st.pair_coef[hit], accumulate=True)
         return grad
 
     def _gradient_pass(self, grad_output: Tensor, st: _PassState, query_features: dict) -> None:
@@ -266,18 +295,21 @@ class AllLabelsLoss:
         factor = grad_output.float() * st.grad_factor
         grad_q = torch.zeros_like(st.queries)
         with torch.enable_grad():
-            for (start, end), state in tqdm(
+            for (start, end), states in tqdm(
                 list(zip(st.chunks, st.chunk_states)), desc="all labels (grad)", disable=not self.show_progress_bar
             ):
-                features = self._features(self.label_texts[start:end])
-                with _ddp_replay_context(self.model, synchronize=False), state or nullcontext():
-                    emb, _ = self._encode(features, with_grad=True, snapshot=False)
-                    emb = self._prep(emb)
-                    e = emb.detach()
-                    g = self.chunk_score_gradient(self.scale * st.queries @ e.T, start, end, st) * self.scale
-                    grad_q += g @ e
-                    if emb.requires_grad:
-                        emb.backward(g.T @ st.queries * factor)
+                texts = list(self.label_texts[start:end])
+                for idx, state in zip(self._pieces(texts), states):
+                    features = self._features([texts[i] for i in idx])
+                    ids = torch.as_tensor(idx + start, device=grad_q.device)
+                    with _ddp_replay_context(self.model, synchronize=False), state or nullcontext():
+                        emb, _ = self._encode(features, with_grad=True, snapshot=False)
+                        emb = self._prep(emb)
+                        e = emb.detach()
+                        g = self.score_gradient(self.scale * st.queries @ e.T, ids, st) * self.scale
+                        grad_q += g @ e
+                        if emb.requires_grad:
+                            emb.backward(g.T @ st.queries * factor)
             if world > 1:
                 dist.all_reduce(grad_q)
             with _ddp_replay_context(self.model, synchronize=True), st.query_state or nullcontext():

@@ -14,7 +14,8 @@ WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu x
 
 def _problem(num_labels=23, batch=5, seed=0):
     rng = np.random.default_rng(seed)
-    labels = [" ".join(rng.choice(WORDS, size=3)) + f" {i}" for i in range(num_labels)]
+    # 1 to 6 words: texts of different lengths, so length-grouped mini-batches reorder them
+    labels = [" ".join(rng.choice(WORDS, size=1 + i % 6)) + f" {i}" for i in range(num_labels)]
     queries = [" ".join(rng.choice(WORDS, size=6)) for _ in range(batch)]
     dense = np.zeros((batch, num_labels), dtype=np.float32)
     for i in range(batch):
@@ -61,16 +62,19 @@ def _grads(model):
 
 
 @pytest.mark.parametrize(
-    "loss,chunk,normalize",
+    "loss,chunk,normalize,mini_batch",
     [
-        ("decoupled_softmax", 4, False),
-        ("decoupled_softmax", 7, True),
-        ("decoupled_softmax", 100, True),
-        ("softmax", 5, False),
-        ("softmax", 6, True),
+        ("decoupled_softmax", 4, False, None),
+        ("decoupled_softmax", 7, True, None),
+        ("decoupled_softmax", 100, True, None),
+        ("decoupled_softmax", 100, True, 4),
+        ("decoupled_softmax", 9, False, 2),
+        ("softmax", 5, False, None),
+        ("softmax", 6, True, None),
+        ("softmax", 11, True, 3),
     ],
 )
-def test_all_labels_matches_one_piece(tiny_model, loss, chunk, normalize):
+def test_all_labels_matches_one_piece(tiny_model, loss, chunk, normalize, mini_batch):
     model = tiny_model.eval()  # dropout off: the one-piece reference has no RNG replay
     labels, queries, matrix, sampled = _problem()
     scale = 20.0
@@ -81,7 +85,14 @@ def test_all_labels_matches_one_piece(tiny_model, loss, chunk, normalize):
     model.zero_grad()
 
     engine = AllLabelsLoss(
-        model, labels, model.preprocess, scale=scale, label_chunk_size=chunk, loss=loss, normalize=normalize
+        model,
+        labels,
+        model.preprocess,
+        scale=scale,
+        label_chunk_size=chunk,
+        loss=loss,
+        normalize=normalize,
+        mini_batch_size=mini_batch,
     )
     value = engine(model.preprocess(queries), torch.as_tensor(sampled), matrix)
     value.backward()
@@ -119,6 +130,44 @@ def test_all_labels_replays_dropout(tiny_model):
         )
 
 
+def test_mini_batches_group_by_length_and_replay_dropout(tiny_model):
+    """mini_batch_size: one encoder call per length-grouped piece of the chunk; in train mode each call's dropout
+    is replayed in the gradient pass. Reference: the same calls, in the same order from the same seed, in one
+    autograd graph."""
+    from dexml_hf.losses.functional import decoupled_softmax
+
+    model = tiny_model.train()
+    labels, queries, matrix, sampled = _problem(num_labels=10)
+    engine = AllLabelsLoss(model, labels, model.preprocess, scale=10.0, label_chunk_size=100, mini_batch_size=3)
+    pieces = engine._pieces(labels)
+    lengths = [len(t) for t in labels]
+    assert sorted(np.concatenate(pieces).tolist()) == list(range(10)) and len(pieces) == 4
+    assert max(lengths[i] for i in pieces[0]) <= min(lengths[i] for i in pieces[-1])  # shortest first
+    torch.manual_seed(3)
+    value = engine(model.preprocess(queries), torch.as_tensor(sampled), matrix)
+    value.backward()
+    grads = _grads(model)
+    model.zero_grad()
+
+    torch.manual_seed(3)
+    q = model(model.preprocess(queries))["sentence_embedding"].float()
+    e = torch.zeros(len(labels), q.shape[1])
+    for idx in pieces:
+        e = e.index_put(
+            (torch.as_tensor(idx),), model(model.preprocess([labels[i] for i in idx]))["sentence_embedding"]
+        )
+    positives = torch.as_tensor(matrix.toarray() > 0)
+    positives[torch.arange(len(queries)), torch.as_tensor(sampled)] = True
+    ref = decoupled_softmax(10.0 * q @ e.T, positives)
+    ref.backward()
+    torch.testing.assert_close(value.detach(), ref.detach(), rtol=1e-5, atol=1e-5)
+    ref_grads = _grads(model)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(
+            grads[name], g, rtol=1e-3, atol=1e-4 * _scale(ref_grads), msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
 def test_all_labels_rejects_bad_ids(tiny_model):
     labels, queries, matrix, _ = _problem()
     engine = AllLabelsLoss(tiny_model, labels, tiny_model.preprocess, label_chunk_size=4)
@@ -126,6 +175,8 @@ def test_all_labels_rejects_bad_ids(tiny_model):
         engine(tiny_model.preprocess(queries), torch.tensor([0, 1, 2, 3, 99]), matrix)
     with pytest.raises(ValueError, match="label_chunk_size"):
         AllLabelsLoss(tiny_model, labels, tiny_model.preprocess, label_chunk_size=0)
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        AllLabelsLoss(tiny_model, labels, tiny_model.preprocess, mini_batch_size=0)
 
 
 def test_hand_formula_agrees_with_functional_core():

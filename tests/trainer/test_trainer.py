@@ -88,16 +88,18 @@ def test_each_mode_trains(tiny_model, tmp_path, mode, extra):
         assert "negative_2" in row and len(row["label"]) == 4
 
 
-def test_all_mode_loss_matches_one_piece(tiny_model, tmp_path):
+@pytest.mark.parametrize("mini_batch", [None, 3])
+def test_all_mode_loss_matches_one_piece(tiny_model, tmp_path, mini_batch):
     """The trainer's 'all' step reports the decoupled softmax over every label, computed here in one piece."""
     from dexml_hf.losses.functional import decoupled_softmax
 
     xmc = make_xmc()
     trainer = DEXMLTrainer(
         model=tiny_model,
-        args=_args(tmp_path, negatives="all", avoid_duplicate_labels_in_batch=False),
+        args=_args(tmp_path, negatives="all", avoid_duplicate_labels_in_batch=False, label_mini_batch_size=mini_batch),
         train_dataset=xmc,
     )
+    assert trainer._all_labels_engine(tiny_model).mini_batch_size == mini_batch
     trainer._begin_epoch(0)
     batch = next(iter(trainer.get_train_dataloader()))
     tiny_model.eval()
@@ -158,6 +160,7 @@ def test_all_cached_loss_scores_every_positive_against_every_label(tiny_model, t
         ({"negatives": "everything"}, "negatives='everything' is unknown"),
         ({"label_chunk_size": 0}, "label_chunk_size must be a positive integer"),
         ({"label_refresh_steps": -1}, "label_refresh_steps"),
+        ({"label_mini_batch_size": 0}, "label_mini_batch_size"),
         ({"negatives": "hard", "num_hard_negatives": 0}, "num_hard_negatives"),
         ({"temperature": 0.0}, "temperature"),
         ({"positive_sampling": "random"}, "positive_sampling"),
