@@ -47,7 +47,7 @@ def rank_loss(model, module, mode: str, rank: int, world: int):
     labels, queries, matrix, sampled = problem()
     half = len(queries) // world
     rows = slice(rank * half, (rank + 1) * half)
-    if mode == "all":
+    if mode in ("all", "all_minibatch"):
         engine = AllLabelsLoss(
             model,
             labels,
@@ -56,6 +56,7 @@ def rank_loss(model, module, mode: str, rank: int, world: int):
             label_chunk_size=LABEL_CHUNK_SIZE,
             ddp_grad_factor=float(world),
             normalize=True,
+            mini_batch_size=2 if mode == "all_minibatch" else None,
         )
         return engine(engine._features(queries[rows]), torch.as_tensor(sampled[rows]), matrix[rows])
     loss = DecoupledSoftmaxLoss(model, scale=SCALE, label_matrix=matrix, gather_across_devices=world > 1)

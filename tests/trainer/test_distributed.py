@@ -44,7 +44,7 @@ def two_process_run(tiny_model_path, tmp_path_factory):
         "--model",
         str(tiny_model_path),
         "--modes",
-        "all,in_batch",
+        "all,all_minibatch,in_batch",
         "--out",
         str(out),
     ]
@@ -80,7 +80,7 @@ def _single_process(tiny_model, mode):
     for name, param in tiny_model.named_parameters():
         param.requires_grad_(".pooler." not in name)  # as the worker does (never used by mean pooling)
     tiny_model.zero_grad(set_to_none=True)
-    if mode == "all":
+    if mode.startswith("all"):
         loss = _brute_force_all_labels(tiny_model)
     else:
         loss = worker.rank_loss(tiny_model, tiny_model, "in_batch", rank=0, world=1)
@@ -88,14 +88,14 @@ def _single_process(tiny_model, mode):
     return float(loss), _grads(tiny_model)
 
 
-@pytest.mark.parametrize("mode", ["all", "in_batch"])
+@pytest.mark.parametrize("mode", ["all", "all_minibatch", "in_batch"])
 def test_two_processes_match_one(two_process_run, tiny_model, mode):
     result = two_process_run[mode]
     assert result["world"] == 2
     loss, grads = _single_process(tiny_model, mode)
     # the Trainer logs the mean of the ranks' losses
     assert sum(result["losses"]) / 2 == pytest.approx(loss, rel=1e-5, abs=1e-6)
-    if mode == "all":  # every rank holds the global loss (the denominators were combined exactly)
+    if mode.startswith("all"):  # every rank holds the global loss (the denominators were combined exactly)
         assert result["losses"] == pytest.approx([loss, loss], rel=1e-5, abs=1e-6)
     assert set(result["grads"]) == set(grads)
     unit = max(float(g.abs().max()) for g in grads.values())
