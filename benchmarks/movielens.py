@@ -63,12 +63,14 @@ def popularity_scores(counts: np.ndarray, num_queries: int) -> torch.Tensor:
 
 def train(model, xmc, args, run: str, output_dir: str) -> float:
     from dexml_hf import DEXMLTrainer, DEXMLTrainingArguments
+    from dexml_hf.losses import DecoupledSoftmaxLoss, SoftmaxLoss
 
     targs = DEXMLTrainingArguments(
         output_dir=output_dir,
         negatives=run.removesuffix("+logq"),
         temperature=args.temperature,
         label_refresh_steps=args.label_refresh_steps,
+        label_mini_batch_size=64,  # 'all': length-grouped encoder calls, 3.5x faster on CPU (RESULTS.md)
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr,
         num_train_epochs=args.epochs,
@@ -83,8 +85,6 @@ def train(model, xmc, args, run: str, output_dir: str) -> float:
         disable_tqdm=False,
         use_cpu=True,
     )
-    from dexml_hf.losses import DecoupledSoftmaxLoss, SoftmaxLoss
-
     loss_class = SoftmaxLoss if args.loss == "pal" else DecoupledSoftmaxLoss
     loss = loss_class(model, scale=1.0 / args.temperature, logq_correction=run.endswith("+logq"))
     start = time.perf_counter()
