@@ -110,6 +110,7 @@ def test_cli_trains_evaluates_saves(tmp_path, tiny_model_path, capsys):
     model = SentenceTransformer(str(out))
     index = LabelIndex.load(out / "label_index")
     tables = generate_synthetic_tables(num_labels=120, num_train=320, num_test=100, seed=0)
+    assert f"queries = [{tables['splits']['test'][0][0]!r}]" in card  # the usage snippet asks a real test query
     _, ids = index.search(index.encode_queries(model, tables["splits"]["test"][0]), k=100)
     np.testing.assert_array_equal(ids, np.load(out / "test_topk.npy"))
 

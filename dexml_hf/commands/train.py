@@ -174,8 +174,10 @@ def load_data(data_args, training_args=None):
 
 def _example_query(dataset, split: str, mode: str) -> str:
     """The first non-empty query text of ``split``: the card's usage snippet then speaks the data's language."""
+    from dexml_hf.model_card import DEXMLModelCardData
+
     texts = dataset.query_texts(split, _QUERY_MODES[mode])
-    return next((text for text in texts[:100] if text.strip()), "how do I keep bread crust soft?")
+    return next((text for text in texts[:100] if text.strip()), DEXMLModelCardData.example_query)
 
 
 def build_loss(loss_args, training_args, model, label_matrix):
