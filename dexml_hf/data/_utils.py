@@ -15,15 +15,17 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from dexml_hf.errors import DataError
 
-def data_error(path, line: int | None = None, field: str | None = None, message: str = "") -> ValueError:
-    """A ValueError that always says where: ``file, line N, field 'x': message``."""
+
+def data_error(path, line: int | None = None, field: str | None = None, message: str = "") -> DataError:
+    """A :class:`~dexml_hf.errors.DataError` (a ValueError) that always says where: ``file, line N, field 'x': message``."""
     where = str(path)
     if line is not None:
         where += f", line {line}"
     if field is not None:
         where += f", field {field!r}"
-    return ValueError(f"{where}: {message}")
+    return DataError(f"{where}: {message}")
 
 
 def open_binary(path: str | os.PathLike):
