@@ -7,7 +7,10 @@ L2-normalised embeddings (inner product = cosine), a ``dot`` model with raw embe
 
 Files written by :meth:`LabelIndex.save`: ``embeddings.safetensors`` (one tensor, ``embeddings``)
 and ``label_index.json`` (format version, dtype, normalisation flag, model name, prompt names,
-label ids and texts).
+label ids and texts). An index with a retrieval memory (:mod:`dexml_hf.retrieval`: the training queries'
+embeddings and label matrix, for retrieval-augmented prediction) adds ``memory.safetensors`` and a ``"memory"``
+entry in the JSON; :meth:`LabelIndex.search` then ranks by the fused score. Format version 2 (version 1 folders,
+without a memory, still load).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr
+from dexml_hf.retrieval import MEMORY_FILE, RetrievalMemory, search_with_memory
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -31,7 +35,7 @@ __all__ = ["LabelIndex", "encode_texts", "model_name_of", "prompt_name_for", "re
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 CONFIG_FILE = "label_index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional retrieval memory (memory.safetensors + "memory" in the JSON)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "fp32": torch.float32, "fp16": torch.float16}
 _BACKENDS = ("torch", "faiss")
 
@@ -110,6 +114,8 @@ class LabelIndex:
         model_name: the encoder that produced the embeddings (metadata only).
         dtype: ``"float32"`` or ``"float16"`` storage; scores are always computed in fp32.
         backend: ``"torch"`` (exact, chunked) or ``"faiss"`` (``IndexFlatIP``, needs ``faiss-cpu``).
+        memory: a :class:`~dexml_hf.retrieval.RetrievalMemory` (training queries + label matrix); when set,
+            :meth:`search` ranks by ``λ·s(q, l) + (1 − λ)·Σ_kNN w·Y`` (exact, always through the torch search).
 
     Example::
 
@@ -128,6 +134,7 @@ class LabelIndex:
         backend: str = "torch",
         query_prompt_name: str | None = None,
         label_prompt_name: str | None = None,
+        memory: RetrievalMemory | None = None,
     ):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -150,6 +157,27 @@ class LabelIndex:
         self.query_prompt_name = query_prompt_name
         self.label_prompt_name = label_prompt_name
         self._faiss_index = None
+        self.memory = None
+        if memory is not None:
+            self.attach_memory(memory)
+
+    def attach_memory(self, memory: RetrievalMemory | None) -> LabelIndex:
+        """Use ``memory`` for retrieval-augmented search (``None`` detaches it); checks dims, labels, normalisation."""
+        if memory is not None:
+            if not isinstance(memory, RetrievalMemory):
+                raise TypeError(f"memory must be a RetrievalMemory, got {type(memory).__name__}")
+            if memory.dim != self.dim or memory.num_labels != len(self):
+                raise ValueError(
+                    f"memory has {memory.dim}-dim embeddings and {memory.num_labels} labels; the index has "
+                    f"{self.dim} and {len(self)}"
+                )
+            if memory.normalized != self.normalized:
+                raise ValueError(
+                    f"memory normalized={memory.normalized} but index normalized={self.normalized}: "
+                    "embed both with the same model"
+                )
+        self.memory = memory
+        return self
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
@@ -157,7 +185,7 @@ class LabelIndex:
     def __repr__(self) -> str:
         return (
             f"LabelIndex(n_labels={len(self)}, dim={self.dim}, dtype={self.dtype}, normalized={self.normalized}, "
-            f"backend={self.backend!r}, model_name={self.model_name!r})"
+            f"backend={self.backend!r}, model_name={self.model_name!r}, memory={self.memory!r})"
         )
 
     @property
@@ -175,6 +203,7 @@ class LabelIndex:
         normalize: bool | None = None,
         backend: str = "torch",
         show_progress_bar: bool | None = None,
+        memory: RetrievalMemory | None = None,
     ) -> LabelIndex:
         """Encode ``texts`` once with ``model`` (label prompt if the model has one) and index them."""
         normalized = resolve_normalize(model, normalize)
@@ -189,6 +218,7 @@ class LabelIndex:
             backend=backend,
             query_prompt_name=prompt_name_for(model, "query"),
             label_prompt_name=prompt_name_for(model, "label"),
+            memory=memory,
         )
 
     from_model = from_texts
@@ -203,20 +233,19 @@ class LabelIndex:
         query_chunk: int | None = None,
         label_chunk: int | None = None,
         show_progress_bar: bool = False,
+        use_memory: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` labels per query: ``(scores (n, k) float32, ids (n, k) int64)``, best first.
 
         ``exclude`` holds ``(query_row, label_id)`` pairs (or an ``n × L`` sparse matrix) removed before the
         top-k. Ties go to the lower label id; empty places (fewer than ``k`` labels left) have id ``-1``.
         Queries must be embedded like the labels (``normalized`` tells whether to L2-normalise them).
+        With a retrieval memory attached (and ``use_memory``), scores are the fused scores of
+        :mod:`dexml_hf.retrieval` (``λ·s + (1 − λ)·neighbour term``); otherwise the inner products ``s``.
         """
-        q = torch.as_tensor(query_embeddings).detach().to("cpu", torch.float32)
-        if q.ndim == 1:
-            q = q[None]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"query embeddings have shape {tuple(q.shape)}, expected (n, {self.dim})")
-        if self.normalized:
-            q = torch.nn.functional.normalize(q, dim=1)
+        q = self._prepare_queries(query_embeddings)
+        if self.memory is not None and use_memory:
+            return search_with_memory(self, self.memory, q, k, exclude=exclude, query_chunk=query_chunk or 4096)
         if self.backend == "faiss":
             return self._search_faiss(q, k, exclude)
         scores, ids = chunked_topk(
@@ -229,6 +258,17 @@ class LabelIndex:
             show_progress_bar=show_progress_bar,
         )
         return scores.numpy(), ids.numpy()
+
+    def _prepare_queries(self, query_embeddings) -> torch.Tensor:
+        """fp32 CPU ``(n, d)`` queries, L2-normalised when the index is."""
+        q = torch.as_tensor(query_embeddings).detach().to("cpu", torch.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query embeddings have shape {tuple(q.shape)}, expected (n, {self.dim})")
+        if self.normalized:
+            q = torch.nn.functional.normalize(q, dim=1)
+        return q
 
     def _search_faiss(self, q: torch.Tensor, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -268,10 +308,13 @@ class LabelIndex:
         k: int = 10,
         exclude=None,
         batch_size: int = 64,
+        use_memory: bool = True,
     ) -> list[list[dict[str, Any]]]:
         """Embed ``texts`` with ``model`` and return, per text, the top-``k`` labels as dicts
-        ``{"id", "label_id", "text", "score"}`` (``label_id``/``text`` are ``None`` when not stored)."""
-        scores, ids = self.search(self.encode_queries(model, texts, batch_size), k, exclude=exclude)
+        ``{"id", "label_id", "text", "score"}`` (``label_id``/``text`` are ``None`` when not stored; ``score`` is
+        the fused score when a retrieval memory is attached and ``use_memory``)."""
+        q = self.encode_queries(model, texts, batch_size)
+        scores, ids = self.search(q, k, exclude=exclude, use_memory=use_memory)
         results = []
         for row_scores, row_ids in zip(scores, ids):
             row = []
@@ -303,15 +346,20 @@ class LabelIndex:
             "label_prompt_name": self.label_prompt_name,
             "label_ids": self.label_ids,
             "texts": self.texts,
+            "memory": self.memory.config_dict() if self.memory is not None else None,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``embeddings.safetensors`` and ``label_index.json`` into the folder ``path``."""
+        """Write ``embeddings.safetensors``, ``label_index.json`` (and ``memory.safetensors``) into ``path``."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({"embeddings": self.embeddings}, str(path / EMBEDDINGS_FILE), metadata={"format": "dexml_hf"})
+        if self.memory is not None:
+            self.memory.save(path)
+        elif (path / MEMORY_FILE).is_file():
+            (path / MEMORY_FILE).unlink()  # a stale memory of an earlier save must not look like this index's
         with open(path / CONFIG_FILE, "w", encoding="utf-8") as f:
             json.dump(self.config_dict(), f, ensure_ascii=False)
         return path
@@ -324,8 +372,11 @@ class LabelIndex:
         token: str | bool | None = None,
         repo_type: str = "model",
         backend: str = "torch",
+        load_memory: bool = True,
     ) -> LabelIndex:
-        """Load from a local folder written by :meth:`save`, or download it from a Hub repo id."""
+        """Load from a local folder written by :meth:`save`, or download it from a Hub repo id.
+
+        ``load_memory=False`` skips a saved retrieval memory (plain dual-encoder search, less memory)."""
         from safetensors.torch import load_file
 
         path = Path(path_or_repo_id)
@@ -340,7 +391,7 @@ class LabelIndex:
                     revision=revision,
                     token=token,
                     repo_type=repo_type,
-                    allow_patterns=[EMBEDDINGS_FILE, CONFIG_FILE],
+                    allow_patterns=[EMBEDDINGS_FILE, CONFIG_FILE, *([MEMORY_FILE] if load_memory else [])],
                 )
             )
         config_path = path / CONFIG_FILE
@@ -351,8 +402,12 @@ class LabelIndex:
                 config = json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path}: invalid JSON at line {err.lineno}: {err.msg}") from err
-        if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise ValueError(f"{config_path}: format_version {config['format_version']} is newer than this dexml_hf")
+        version = config.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+            raise ValueError(
+                f"{config_path}: format_version {version!r} is not one this dexml_hf reads (1 to {FORMAT_VERSION}); "
+                "a newer index needs a newer dexml_hf (pip install -U dexml_hf)"
+            )
         tensors = load_file(str(path / EMBEDDINGS_FILE))
         if "embeddings" not in tensors:
             raise ValueError(f"{path / EMBEDDINGS_FILE}: no tensor named 'embeddings'")
@@ -371,6 +426,7 @@ class LabelIndex:
             backend=backend,
             query_prompt_name=config.get("query_prompt_name"),
             label_prompt_name=config.get("label_prompt_name"),
+            memory=RetrievalMemory.load(path, config["memory"]) if load_memory and config.get("memory") else None,
         )
 
     def push_to_hub(

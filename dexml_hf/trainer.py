@@ -6,16 +6,25 @@
   ``(seed, epoch)`` so a resumed run replays the same order;
 - ``compute_loss``: in-batch / hard go through the loss; 'all' through the two-pass all-label loss; 'all_cached'
   scores the batch against a label-embedding cache;
-- a callback refreshes the per-epoch state (positives, mining) and saves the mined shortlists and the label cache
-  into each checkpoint, so ``train(resume_from_checkpoint=...)`` continues exactly.
+- a callback refreshes the per-epoch state (positives, mining); ``_save_checkpoint`` adds the mined shortlists and
+  the label cache (safetensors + JSON, nothing pickled) and a completion marker to each checkpoint, so
+  ``train(resume_from_checkpoint=...)`` continues exactly and never from a half-written checkpoint;
+- the whole job of ``dexml-hf train`` lives here: the test split evaluated before (optionally) and after training,
+  the label index of the final model saved beside it by ``save_model``, the DEXML model card
+  (:class:`~dexml_hf.model_card.DEXMLModelCardData`) with the XMC metrics, and ``push_to_hub`` publishing all of it.
+  A ``hub_token`` is taken out of the arguments at construction, so no file ever holds it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-from typing import Any
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -23,7 +32,11 @@ import scipy.sparse as sp
 import torch
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.training_args import ParallelMode
 
+from dexml_hf.errors import DataError, UsageError
+from dexml_hf.losses.base import XMCLoss
 from dexml_hf.negatives.all_labels import AllLabelsLoss
 from dexml_hf.negatives.hard_negatives import mine_shortlists, sample_from_shortlists
 from dexml_hf.negatives.label_cache import LabelEmbeddingCache
@@ -34,7 +47,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEXMLTrainer"]
 
-NEGATIVES_STATE = "dexml_negatives.pt"
+NEGATIVES_STATE = "dexml_negatives"  # .json (scalars) + .safetensors (arrays)
+CHECKPOINT_COMPLETE = "dexml_checkpoint_complete.json"
+EVAL_RESULTS = "eval_results.json"
 
 
 class _EpochState(TrainerCallback):
@@ -46,10 +61,25 @@ class _EpochState(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.trainer._begin_epoch(int(math.floor(state.epoch + 1e-6)))
 
-    def on_save(self, args, state, control, **kwargs):
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if os.path.isdir(folder) and self.trainer.is_world_process_zero():
-            torch.save(self.trainer._negatives_state(), os.path.join(folder, NEGATIVES_STATE))
+
+class _TestEvaluation(TrainerCallback):
+    """Evaluates ``args.test_split`` before training (``evaluate_untrained``) and after it (the card's table)."""
+
+    def __init__(self, trainer: DEXMLTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._train_start = time.time()
+        if args.evaluate_untrained and args.test_split and self.trainer.is_world_process_zero():
+            self.trainer.baseline_metrics = self.trainer.evaluate_test(build_index=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        card = trainer.model.model_card_data
+        if getattr(trainer, "_train_start", None) is not None:
+            card.train_runtime = f"{(time.time() - trainer._train_start) / 60:.1f} min ({state.global_step} steps)"
+        if args.test_split and trainer.is_world_process_zero():
+            trainer.test_metrics = trainer.evaluate_test(build_index=True)
 
 
 def _freeze_unused_poolers(model) -> list[str]:
@@ -93,15 +123,23 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             for the 'in_batch' mode.
         eval_dataset: an XMCDataset (its ``validation`` split, else ``test``) or a split name of ``train_dataset``;
             turned into an :class:`~dexml_hf.evaluation.XMCEvaluator` (P@k, nDCG@k, PSP@k) unless ``evaluator``.
-        loss: defaults to :class:`~dexml_hf.losses.DecoupledSoftmaxLoss` with scale 1/τ and the training label
-            matrix (so other positives of a query are never its negatives).
+        loss: defaults to ``args.loss`` built by :func:`dexml_hf.factory.build_loss` (scale 1/τ, the training label
+            matrix so other positives of a query are never its negatives, the global batch across processes).
+
+    With ``args.test_split`` the split is evaluated after training (and before, with ``evaluate_untrained``):
+    ``trainer.test_metrics``, the card's metric table and ``model-index``, and the label index that
+    ``save_model()`` writes to ``label_index/`` beside the model.
 
     Example::
 
-        from dexml_hf import DEXMLTrainer, DEXMLTrainingArguments, load_xmc_dataset
-        xmc = load_xmc_dataset("synthetic")
-        args = DEXMLTrainingArguments("out", negatives="all", label_chunk_size=1024, num_train_epochs=1)
-        DEXMLTrainer(model=model, args=args, train_dataset=xmc, eval_dataset="test").train()
+        from dexml_hf import DEXMLTrainer, DEXMLTrainingArguments
+        from dexml_hf.data.synthetic import generate_synthetic_xmc
+        xmc = generate_synthetic_xmc()
+        args = DEXMLTrainingArguments("out", negatives="all", label_chunk_size=1024, num_train_epochs=1,
+                                      test_split="test")
+        trainer = DEXMLTrainer(model=model, args=args, train_dataset=xmc)
+        trainer.train()
+        trainer.save_model()  # model, label_index/, README.md (the DEXML card), eval_results.json
     """
 
     training_args_class = DEXMLTrainingArguments
@@ -117,20 +155,28 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         **kwargs,
     ):
         from dexml_hf.data import XMCDataset
+        from dexml_hf.model_card import DEXMLModelCardData
 
         if args is None:
             args = DEXMLTrainingArguments(output_dir="tmp_trainer")
         if not isinstance(args, DEXMLTrainingArguments):
-            raise ValueError(f"args must be DEXMLTrainingArguments, got {type(args).__name__}")
+            raise UsageError(f"args must be DEXMLTrainingArguments, got {type(args).__name__}")
         args._validate_dexml_fields()
+        _refuse_unsynchronised_processes(args)
+        # The token authenticates uploads only: out of the arguments before anything can serialise them.
+        self._hub_token, args.hub_token = args.hub_token, None
         self.xmc: XMCDataset | None = train_dataset if isinstance(train_dataset, XMCDataset) else None
         self.epoch = 0
         self._shortlists: np.ndarray | None = None
+        self._shortlist_epoch: int | None = None
         self._negatives: np.ndarray | None = None
         self._view_epoch: int | None = None
         self._view: datasets.Dataset | None = None
         self._cache: LabelEmbeddingCache | None = None
         self._label_texts: list[str] | None = None
+        self.test_metrics: dict[str, float] | None = None
+        self.baseline_metrics: dict[str, float] | None = None
+        self.label_index = None
 
         if self.xmc is not None:
             self._validate_xmc(self.xmc, args)
@@ -143,14 +189,18 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             train_dataset = rows
         else:
             if args.negatives != "in_batch":
-                raise ValueError(
+                raise UsageError(
                     f"negatives={args.negatives!r} needs the label texts: pass an XMCDataset as train_dataset"
                 )
+            if args.test_split:
+                raise UsageError("test_split needs an XMCDataset as train_dataset (its split is evaluated)")
             if train_dataset is not None and "label" not in train_dataset.column_names:
-                raise ValueError(
+                raise UsageError(
                     "train_dataset has no 'label' column ([query_id, positive_id, ...]); see architecture.md"
                 )
             self.train_matrix = None
+        if args.test_split and args.test_split not in self.xmc.splits:
+            raise UsageError(f"test_split={args.test_split!r} is not a split of the dataset ({self.xmc.splits})")
 
         eval_xmc, eval_split = self._resolve_eval(eval_dataset)
         if evaluator is None and eval_xmc is not None:
@@ -160,28 +210,13 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         if evaluator is not None and args.metric_for_best_model == "precision@1" and getattr(evaluator, "name", ""):
             args.metric_for_best_model = f"{evaluator.name}_precision@1"
 
-        if loss is None:
-            from dexml_hf.losses import DecoupledSoftmaxLoss
-
-            # across ranks the batch is gathered, so in-batch negatives are those of the global batch
-            loss = DecoupledSoftmaxLoss(
-                model, scale=args.scale, label_matrix=self.train_matrix, gather_across_devices=args.world_size > 1
-            )
-        elif self.train_matrix is not None and getattr(loss, "label_matrix", "absent") is None:
+        if isinstance(loss, XMCLoss) and self.train_matrix is not None and loss.label_matrix is None:
             loss.set_label_matrix(self.train_matrix)
-        if args.negatives in ("all", "all_cached") and getattr(loss, "logq_correction", False):
-            raise ValueError(
-                f"logq_correction corrects the sampling bias of in-batch negatives; negatives={args.negatives!r} "
-                "already scores every label, so turn it off"
-            )
-        if args.negatives == "all" and type(loss).__name__ not in ("DecoupledSoftmaxLoss", "SoftmaxLoss"):
-            raise ValueError(
-                f"negatives='all' supports DecoupledSoftmaxLoss and SoftmaxLoss (exact chunked softmax); got "
-                f"{type(loss).__name__}. Soft top-k needs every score at once: use negatives='all_cached' for it."
-            )
-
         if model is not None and args.world_size > 1 and args.ddp_find_unused_parameters is False:
             _freeze_unused_poolers(model)
+        if model is not None and not isinstance(model.model_card_data, DEXMLModelCardData):
+            model.model_card_data = DEXMLModelCardData.from_card_data(model.model_card_data)
+            model.model_card_data.register_model(model)
 
         super().__init__(
             model=model,
@@ -192,27 +227,79 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             evaluator=evaluator,
             **kwargs,
         )
+        self._check_loss_for_mode()
         self.add_callback(_EpochState(self))
-        self.model.model_card_data.add_tags(
-            ["dexml", "extreme-multi-label-classification", f"negatives-{args.negatives}"]
-        )
+        self.add_callback(_TestEvaluation(self))
+        self._fill_card()
         if args.negatives == "all_cached":
             self._cache = LabelEmbeddingCache(self._label_texts, args.label_refresh_steps, args.encode_batch_size)
+
+    def get_default_loss(self, model):
+        """``args.loss`` from the factory: scale 1/τ, the training label matrix, the global batch across ranks."""
+        from dexml_hf.factory import build_loss
+
+        args = self.args
+        return build_loss(
+            args.loss,
+            model,
+            temperature=args.temperature,
+            label_matrix=self.train_matrix,
+            world_size=args.world_size,
+            k=args.topk_k,
+            alpha=args.topk_alpha,
+            logq_correction=args.logq_correction,
+        )
+
+    def _check_loss_for_mode(self) -> None:
+        mode = self.args.negatives
+        if mode in ("all", "all_cached") and getattr(self.loss, "logq_correction", False):
+            raise UsageError(
+                f"logq_correction corrects the sampling bias of in-batch negatives; negatives={mode!r} "
+                "already scores every label, so turn it off"
+            )
+        if mode in ("all", "all_cached") and not isinstance(self.loss, XMCLoss):
+            raise UsageError(f"negatives={mode!r} needs a dexml_hf loss, got {type(self.loss).__name__}")
+        if mode == "all" and getattr(self.loss, "all_labels_objective", None) is None:
+            raise UsageError(
+                f"negatives='all' has no exact chunked form of {type(self.loss).__name__}; use negatives='all_cached'"
+            )
+
+    def _fill_card(self) -> None:
+        """What the trainer knows for the model card: dataset, texts, loss, negatives, model shape."""
+        card = self.model.model_card_data
+        args = self.args
+        card.set_loss(self.loss)
+        card.negatives, card.temperature, card.top_k = args.negatives, args.temperature, args.top_k
+        card.query_text_mode, card.label_text_mode = args.query_text_mode, args.label_text_mode
+        card.add_tags(["dexml", "extreme-multi-label-classification", f"negatives-{args.negatives}"])
+        if self.xmc is not None:
+            card.dataset_name = card.dataset_name or self.xmc.name
+            card.dataset_is_synthetic = card.dataset_is_synthetic or self.xmc.name == "synthetic"
+            if card.dataset_is_synthetic:
+                card.add_tags("synthetic-data")
+            card.num_labels = self.xmc.num_labels
+            card.num_train_queries = self.xmc.num_queries("train")
+            if args.test_split:
+                card.eval_split = args.test_split
+                card.filtered = bool(len(self.xmc.filters.get(args.test_split, ())))
+                texts = self.xmc.query_texts(args.test_split, args.query_text_mode)[:100]
+                card.example_query = next((t for t in texts if t.strip()), card.example_query)
+        card.set_model(self.model)
 
     # ------------------------------------------------------------------ validation and evaluation
     @staticmethod
     def _validate_xmc(xmc, args: DEXMLTrainingArguments) -> None:
         if "train" not in xmc.label_matrices:
-            raise ValueError(f"the XMCDataset has no 'train' split (splits: {xmc.splits})")
+            raise DataError(f"the XMCDataset has no 'train' split (splits: {xmc.splits})")
         matrix = xmc.label_matrices["train"]
         if matrix.shape[1] != xmc.num_labels:
-            raise ValueError(
+            raise DataError(
                 f"train label matrix has {matrix.shape[1]} label columns but the label table has {xmc.num_labels} rows"
             )
         if matrix.nnz == 0:
-            raise ValueError("the train label matrix is empty: no query has a positive label, nothing to train on")
+            raise DataError("the train label matrix is empty: no query has a positive label, nothing to train on")
         if args.negatives == "hard" and args.shortlist_size > xmc.num_labels:
-            raise ValueError(f"shortlist_size={args.shortlist_size} exceeds the number of labels ({xmc.num_labels})")
+            raise UsageError(f"shortlist_size={args.shortlist_size} exceeds the number of labels ({xmc.num_labels})")
 
     def _resolve_eval(self, eval_dataset):
         from dexml_hf.data import XMCDataset
@@ -222,31 +309,54 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             return eval_dataset, split
         if isinstance(eval_dataset, str):
             if self.xmc is None or eval_dataset not in self.xmc.splits:
-                raise ValueError(f"eval_dataset={eval_dataset!r} is not a split of the training XMCDataset")
+                raise UsageError(f"eval_dataset={eval_dataset!r} is not a split of the training XMCDataset")
             return self.xmc, eval_dataset
         return None, None
 
     @staticmethod
-    def _make_evaluator(xmc, split: str, args: DEXMLTrainingArguments):
-        from dexml_hf.evaluation import XMCEvaluator
+    def _make_evaluator(xmc, split: str, args: DEXMLTrainingArguments, max_queries: int | None = None, **kwargs):
+        from dexml_hf.factory import build_evaluator
 
-        queries = xmc.query_texts(split, args.query_text_mode)
-        truth = xmc.label_matrices[split]
-        filters = xmc.filters.get(split)
-        if args.eval_max_queries is not None and args.eval_max_queries < len(queries):
-            n = args.eval_max_queries
-            queries, truth = queries[:n], truth[:n]
-            if filters is not None:
-                filters = filters[filters[:, 0] < n]
-        return XMCEvaluator(
-            queries,
-            xmc.label_texts(args.label_text_mode),
-            truth,
-            filters=filters,
-            inv_propensity=xmc.inv_propensity(),
+        return build_evaluator(
+            xmc,
+            split,
+            query_text_mode=args.query_text_mode,
+            label_text_mode=args.label_text_mode,
+            max_queries=max_queries if max_queries is not None else args.eval_max_queries,
             batch_size=args.encode_batch_size,
             name=split,
+            **kwargs,
         )
+
+    def evaluate_test(self, build_index: bool = True) -> dict[str, float]:
+        """Exact top-k of ``args.test_split`` over every label with the current model; keeps the label index."""
+        from dexml_hf.index import LabelIndex
+
+        args = self.args
+        inv_p = None
+        if "train" in self.xmc.label_matrices:
+            inv_p = self.xmc.inv_propensity(args.propensity_a, args.propensity_b)
+        evaluator = self._make_evaluator(
+            self.xmc,
+            args.test_split,
+            args,
+            max_queries=args.max_test_samples,
+            inv_propensity=inv_p,
+            search_depth=args.top_k,
+            write_csv=False,
+        )
+        index = LabelIndex.from_texts(
+            self.model, evaluator.label_texts, label_ids=self.xmc.labels["uid"], batch_size=args.encode_batch_size
+        )
+        queries = index.encode_queries(self.model, evaluator.queries, batch_size=args.encode_batch_size)
+        _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
+        metrics = evaluator.compute_metrics(topk)
+        if build_index:
+            self.label_index = index
+            card = self.model.model_card_data
+            card.metrics, card.baseline_metrics = metrics, self.baseline_metrics
+            card.num_eval_queries = len(evaluator.queries)
+        return metrics
 
     # ------------------------------------------------------------------ per-epoch training rows
     def _begin_epoch(self, epoch: int) -> None:
@@ -359,20 +469,139 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         positives[torch.arange(len(query_ids)), positive_ids] = True
         return self.loss.loss_fn(scores, positives.to(scores.device), reduction="mean")
 
-    # ------------------------------------------------------------------ resume
-    def _negatives_state(self) -> dict[str, Any]:
-        return {
-            "shortlists": self._shortlists,
-            "shortlist_epoch": getattr(self, "_shortlist_epoch", None),
-            "cache": self._cache.state_dict() if self._cache is not None else None,
-        }
+    # ------------------------------------------------------------------ saving and the Hub
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The model and its card; into ``args.output_dir`` also the final label index and ``eval_results.json``."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        target = Path(output_dir or self.args.output_dir)
+        if not self.is_world_process_zero() or target.resolve() != Path(self.args.output_dir).resolve():
+            return
+        if self.label_index is not None:
+            self.label_index.save(target / "label_index")
+        if self.test_metrics is not None:
+            results = {"test_split": self.args.test_split, "metrics": self.test_metrics}
+            results["untrained_metrics"] = self.baseline_metrics
+            (target / EVAL_RESULTS).write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        super().init_hf_repo(token=token or self._hub_token, private=private)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None, **kw):
+        """One commit with the model, ``label_index/``, the DEXML card and ``eval_results.json``."""
+        return super().push_to_hub(
+            commit_message=commit_message, blocking=blocking, token=token or self._hub_token, **kw
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The upstream checkpoint push reads args.hub_token, which stays None: lend the token to the Hub client
+        # through its environment variable for the duration of the (awaited) upload, never to the arguments.
+        with _hub_token_in_environment(self._hub_token):
+            super()._push_from_checkpoint(checkpoint_folder)
+            self._finish_current_push()
+
+    # ------------------------------------------------------------------ checkpoints and resume
+    def _save_checkpoint(self, model, trial) -> None:
+        """Upstream checkpoint + the negatives state (safetensors + JSON) + a marker written last: complete."""
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and folder.is_dir():
+            self._save_negatives_state(folder)
+            (folder / CHECKPOINT_COMPLETE).write_text(json.dumps({"global_step": self.state.global_step}))
+
+    def _save_negatives_state(self, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        arrays, scalars = {}, {"shortlist_epoch": self._shortlist_epoch, "cache_step": None}
+        if self._shortlists is not None:
+            arrays["shortlists"] = np.ascontiguousarray(self._shortlists)
+        if self._cache is not None and self._cache.embeddings is not None:
+            arrays["cache_embeddings"] = self._cache.embeddings.detach().float().cpu().numpy()
+            scalars["cache_step"] = self._cache.step
+        if arrays:
+            save_file(arrays, str(folder / f"{NEGATIVES_STATE}.safetensors"))
+        (folder / f"{NEGATIVES_STATE}.json").write_text(json.dumps(scalars), encoding="utf-8")
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Upstream ``train``; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint in output_dir."""
+        if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
+            resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _checkpoint_to_resume(self, resume: str | bool) -> str:
+        if resume is True:
+            root = Path(self.args.output_dir)
+            found = sorted(
+                (int(m.group(1)), p)
+                for p in (root.iterdir() if root.is_dir() else [])
+                if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name)) and p.is_dir()
+            )
+            complete = [p for _, p in found if (p / CHECKPOINT_COMPLETE).is_file()]
+            for _, p in found:
+                if not (p / CHECKPOINT_COMPLETE).is_file():
+                    logger.warning(f"skipping {p}: incomplete checkpoint (the run was stopped while writing it)")
+            if not complete:
+                raise DataError(f"resume_from_checkpoint=True: no complete checkpoint in {root}")
+            return str(complete[-1])
+        path = Path(resume)
+        if not path.is_dir():
+            raise DataError(f"resume_from_checkpoint: {path} is not a folder")
+        if not (path / CHECKPOINT_COMPLETE).is_file():
+            raise DataError(
+                f"resume_from_checkpoint: {path} is not a complete DEXMLTrainer checkpoint (no {CHECKPOINT_COMPLETE}:"
+                " written by another trainer, or the run was stopped while writing it)"
+            )
+        return str(path)
 
     def _load_from_checkpoint(self, checkpoint_path: str) -> None:
+        from safetensors.numpy import load_file
+
         super()._load_from_checkpoint(checkpoint_path)
-        path = os.path.join(checkpoint_path, NEGATIVES_STATE)
-        if os.path.isfile(path):
-            state = torch.load(path, weights_only=False)
-            self._shortlists = state["shortlists"]
-            self._shortlist_epoch = state["shortlist_epoch"]
-            if self._cache is not None and state["cache"] is not None:
-                self._cache.load_state_dict(state["cache"])
+        folder = Path(checkpoint_path)
+        meta_path = folder / f"{NEGATIVES_STATE}.json"
+        if not meta_path.is_file():
+            raise DataError(
+                f"{checkpoint_path}: no {meta_path.name}; this checkpoint cannot resume the negatives state"
+            )
+        try:
+            scalars = json.loads(meta_path.read_text(encoding="utf-8"))
+            tensors_path = folder / f"{NEGATIVES_STATE}.safetensors"
+            arrays = load_file(str(tensors_path)) if tensors_path.is_file() else {}
+        except (ValueError, OSError) as err:
+            raise DataError(f"{checkpoint_path}: unreadable negatives state ({err})") from err
+        if self.args.negatives == "hard" and scalars.get("shortlist_epoch") is not None:
+            if "shortlists" not in arrays:
+                raise DataError(f"{tensors_path}: the mined shortlists are missing")
+            self._shortlists, self._shortlist_epoch = arrays["shortlists"], scalars["shortlist_epoch"]
+        if self._cache is not None and scalars.get("cache_step") is not None:
+            if "cache_embeddings" not in arrays:
+                raise DataError(f"{tensors_path}: the label-embedding cache is missing")
+            embeddings = torch.from_numpy(arrays["cache_embeddings"])
+            self._cache.load_state_dict({"embeddings": embeddings, "step": scalars["cache_step"]})
+
+
+@contextmanager
+def _hub_token_in_environment(token: str | None):
+    if token is None:
+        yield
+        return
+    previous = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = previous
+
+
+def _refuse_unsynchronised_processes(args: DEXMLTrainingArguments) -> None:
+    """Several processes that the Trainer would not run data-parallel would train independent models."""
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if (initialised or launched) and args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise UsageError(
+            f"{os.environ.get('WORLD_SIZE', '?')} processes were launched but the Trainer would run them as "
+            f"{args.parallel_mode.value}, i.e. independent unsynchronised models; launch with a distributed "
+            "backend (torchrun, or accelerate launch with a multi-process config: recipes/accelerate_configs/)"
+        )

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
+from dexml_hf.errors import UsageError
+from dexml_hf.factory import LOSSES
+
 __all__ = ["DEXMLTrainingArguments", "NEGATIVES_MODES", "POSITIVE_SAMPLING_MODES"]
 
 NEGATIVES_MODES = ("in_batch", "all", "all_cached", "hard")
@@ -26,6 +29,25 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
     a 100-label shortlist for hard negatives) and pick the best checkpoint by ``precision@1``.
     """
 
+    # --- loss ---------------------------------------------------------------------------------------------------
+    loss: str = field(
+        default="decoupled_softmax",
+        metadata={
+            "help": "The loss the trainer builds when none is passed (dexml_hf.factory.LOSSES): decoupled_softmax "
+            "(the paper's), cached_decoupled_softmax, softmax (PAL), soft_topk, cached_soft_topk, ova_bce.",
+            "choices": list(LOSSES),
+        },
+    )
+    topk_k: int = field(default=5, metadata={"help": "soft_topk losses: k (5 optimises P@5, 100 R@100)."})
+    topk_alpha: float = field(default=2.0, metadata={"help": "soft_topk losses: sharpness alpha of the operator."})
+    logq_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "In-batch negatives only (decoupled_softmax, cached_decoupled_softmax, softmax): subtract each "
+            "label's log share of the training positives from its scores, so popular labels are not pushed down "
+            "for being frequent negatives (recommendation-like data)."
+        },
+    )
     # --- negatives -----------------------------------------------------------------------------------------
     negatives: str = field(
         default="in_batch",
@@ -120,6 +142,28 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
         default=None,
         metadata={"help": "Evaluate on at most this many eval queries (the first ones), to keep evaluation cheap."},
     )
+    # --- final evaluation (test split) --------------------------------------------------------------------------
+    test_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split of the XMCDataset evaluated after training (exact top-k over all labels; the card's "
+            "metric table); its label index is saved beside the model. Unset: no final evaluation."
+        },
+    )
+    evaluate_untrained: bool = field(
+        default=False,
+        metadata={"help": "Also evaluate `test_split` before training (the card's 'untrained' row)."},
+    )
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N queries of `test_split`."}
+    )
+    top_k: int = field(default=100, metadata={"help": "Labels retrieved per query at evaluation (R@top_k)."})
+    propensity_a: float | None = field(
+        default=None, metadata={"help": "Propensity A for PSP@k (unset: the dataset family's default)."}
+    )
+    propensity_b: float | None = field(
+        default=None, metadata={"help": "Propensity B for PSP@k (unset: the dataset family's default)."}
+    )
 
     def __post_init__(self) -> None:
         self._validate_dexml_fields()
@@ -131,18 +175,44 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
         super().__post_init__()
 
     def _validate_dexml_fields(self) -> None:
-        """Raise a ValueError naming the field for every setting that cannot work."""
+        """Raise a UsageError naming the field for every setting that cannot work (before anything is loaded)."""
+        self._validate_numbers()
+        if self.loss not in LOSSES:
+            raise UsageError(f"loss={self.loss!r} is unknown; choose one of {', '.join(LOSSES)}")
+        if self.logq_correction and self.loss not in ("decoupled_softmax", "cached_decoupled_softmax", "softmax"):
+            raise UsageError(f"logq_correction applies to the softmax losses, not to loss={self.loss!r}")
+        if self.logq_correction and self.negatives in ("all", "all_cached"):
+            raise UsageError(
+                f"logq_correction corrects the sampling bias of in-batch negatives; negatives={self.negatives!r} "
+                "already scores every label, so turn it off"
+            )
+        if not isinstance(self.topk_k, int) or self.topk_k <= 0 or not self.topk_alpha > 0:
+            raise UsageError(f"topk_k and topk_alpha must be positive, got {self.topk_k!r}, {self.topk_alpha!r}")
+        if "soft_topk" in self.loss and self.negatives in ("in_batch", "hard"):
+            per_query = self.per_device_train_batch_size * (
+                1 + (self.num_hard_negatives if self.negatives == "hard" else 0)
+            )
+            if self.topk_k >= per_query * max(1, self.world_size if self._world_size_known() else 1):
+                raise UsageError(
+                    f"topk_k={self.topk_k} but a query sees only {per_query} candidate labels per device batch "
+                    f"(per_device_train_batch_size={self.per_device_train_batch_size}, negatives={self.negatives!r}): "
+                    "the soft top-k loss would be 0 at every step. Lower topk_k or raise the batch size."
+                )
+        for name in ("max_test_samples", "top_k"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
         if self.negatives not in NEGATIVES_MODES:
-            raise ValueError(f"negatives={self.negatives!r} is unknown; choose one of {', '.join(NEGATIVES_MODES)}")
+            raise UsageError(f"negatives={self.negatives!r} is unknown; choose one of {', '.join(NEGATIVES_MODES)}")
         if self.positive_sampling not in POSITIVE_SAMPLING_MODES:
-            raise ValueError(
+            raise UsageError(
                 f"positive_sampling={self.positive_sampling!r} is unknown; choose one of "
                 f"{', '.join(POSITIVE_SAMPLING_MODES)}"
             )
         for name, modes in (("query_text_mode", QUERY_TEXT_MODES), ("label_text_mode", LABEL_TEXT_MODES)):
             value = getattr(self, name)
             if value not in modes:
-                raise ValueError(f"{name}={value!r} is unknown; choose one of {', '.join(modes)}")
+                raise UsageError(f"{name}={value!r} is unknown; choose one of {', '.join(modes)}")
         for name in (
             "label_chunk_size",
             "label_refresh_steps",
@@ -152,33 +222,51 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
         if self.label_mini_batch_size is not None and (
             not isinstance(self.label_mini_batch_size, int) or self.label_mini_batch_size <= 0
         ):
-            raise ValueError(
+            raise UsageError(
                 f"label_mini_batch_size must be a positive integer or unset, got {self.label_mini_batch_size!r}"
             )
         if not isinstance(self.num_hard_negatives, int) or self.num_hard_negatives < 0:
-            raise ValueError(f"num_hard_negatives must be an integer >= 0, got {self.num_hard_negatives!r}")
+            raise UsageError(f"num_hard_negatives must be an integer >= 0, got {self.num_hard_negatives!r}")
         if self.hard_negatives_start_epoch < 0:
-            raise ValueError(f"hard_negatives_start_epoch must be >= 0, got {self.hard_negatives_start_epoch!r}")
+            raise UsageError(f"hard_negatives_start_epoch must be >= 0, got {self.hard_negatives_start_epoch!r}")
         if self.negatives == "hard":
             if self.num_hard_negatives == 0:
-                raise ValueError("negatives='hard' needs num_hard_negatives >= 1")
+                raise UsageError("negatives='hard' needs num_hard_negatives >= 1")
             if self.num_hard_negatives > self.shortlist_size:
-                raise ValueError(
+                raise UsageError(
                     f"num_hard_negatives={self.num_hard_negatives} exceeds shortlist_size={self.shortlist_size}"
                 )
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+            raise UsageError(f"temperature must be > 0, got {self.temperature!r}")
         if self.eval_max_queries is not None and self.eval_max_queries <= 0:
-            raise ValueError(f"eval_max_queries must be a positive integer or None, got {self.eval_max_queries!r}")
+            raise UsageError(f"eval_max_queries must be a positive integer or None, got {self.eval_max_queries!r}")
         if self.use_faiss:
             try:
                 import faiss  # noqa: F401
             except ImportError as exc:
-                raise ValueError("use_faiss=True needs faiss: pip install 'dexml_hf[faiss]'") from exc
+                raise UsageError("use_faiss=True needs faiss: pip install 'dexml_hf[faiss]'") from exc
+
+    def _validate_numbers(self) -> None:
+        """The upstream numeric options that would otherwise fail late (ZeroDivisionError) or silently."""
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate >= 0:
+            raise UsageError(f"learning_rate must be >= 0, got {self.learning_rate!r}")
+        if self.max_steps is not None and self.max_steps == 0 and self.num_train_epochs == 0:
+            raise UsageError("max_steps=0 and num_train_epochs=0: there is nothing to train")
+        if self.num_train_epochs < 0:
+            raise UsageError(f"num_train_epochs must be >= 0, got {self.num_train_epochs!r}")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise UsageError("weight_decay and warmup_steps must be >= 0")
+
+    def _world_size_known(self) -> bool:
+        return "_n_gpu" in self.__dict__  # set by the upstream __post_init__
 
     @property
     def scale(self) -> float:

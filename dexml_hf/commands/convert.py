@@ -1,7 +1,8 @@
 """``dexml-hf convert SRC DST --format ...``: XC-repository files -> the Hub layout (or another format).
 
-The output is written into a temp folder next to DST and renamed at the end, so a failure leaves
-nothing half-written. ``--push-to-hub REPO`` also pushes the result to a dataset repo.
+The output is written into a temp folder next to DST and renamed at the end, so a failure (or a kill) leaves
+nothing half-written; DST is checked before the source is read, and --overwrite replaces only a folder that
+dexml-hf wrote (it holds .dexml_hf_dataset.json). ``--push-to-hub REPO`` also pushes the result to a dataset repo.
 """
 
 from __future__ import annotations
@@ -42,21 +43,43 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, extra_argv: list[str] | None = None) -> int:
-    from dexml_hf.data import formats
+    from dexml_hf.data import convert_dataset, resolve_format
 
-    kwargs = {"name": args.name, "family": args.family}
-    fmt = formats.detect_format(args.src) if args.format == "auto" else args.format
-    if fmt == "csv":
+    kwargs = {key: value for key, value in (("name", args.name), ("family", args.family)) if value is not None}
+    if resolve_format(args.src, args.format) == "csv":
         kwargs.update(seed=args.seed, test_fraction=args.test_fraction)
-    ds = formats.read_xmc(args.src, format=fmt, **kwargs)
-    print(f"read {args.src} ({fmt}): {ds}")
+    ds = convert_dataset(
+        args.src, args.dst, format=args.format, output_format=args.output_format, overwrite=args.overwrite, **kwargs
+    )
+    print(f"read {args.src}: {ds}")
     print(json.dumps(ds.summary(), indent=1))
-    if args.output_format == "hub":
-        ds.save_to_folder(args.dst, overwrite=args.overwrite)
-    else:
-        formats.WRITERS[args.output_format](ds, args.dst, overwrite=args.overwrite)
     print(f"wrote {args.dst} ({args.output_format})")
     if args.push_to_hub:
         ds.push_to_hub(args.push_to_hub, private=args.private or None)
         print(f"pushed to {args.push_to_hub}")
     return 0
+
+
+# Interim adapter to the new ``dexml_hf.cli`` contract (HELP, build_parser, main) around the argparse parser above,
+# until convert moves to the shared DEXMLArgumentParser convention like the other subcommands.
+HELP = "convert an XMC dataset (LF raw, PECOS, sparse, BoW, tag CSV, MovieLens) into the Hub layout"
+
+
+class _StandaloneParser:
+    """Stands in for argparse's subparsers object: ``register`` builds its parser as a top-level one."""
+
+    parser: argparse.ArgumentParser
+
+    def add_parser(self, name: str, help: str = "", **kwargs) -> argparse.ArgumentParser:  # noqa: A002
+        self.parser = argparse.ArgumentParser(prog=f"dexml-hf {name}", allow_abbrev=False, **kwargs)
+        return self.parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    holder = _StandaloneParser()
+    register(holder)
+    return holder.parser
+
+
+def main(argv: list[str]) -> int:
+    return run(build_parser().parse_args(argv))

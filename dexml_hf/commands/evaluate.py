@@ -1,6 +1,6 @@
 """``dexml-hf evaluate``: exact top-k of a model on a dataset split, a metric table, a JSON report and a plot.
 
-    dexml-hf evaluate --model quicktensor/dexml_eurlex-4k --dataset user/eurlex-4k --split test --output-dir eval/
+    dexml-hf evaluate --model quicktensor/dexml_eurlex-4k --dataset user/eurlex-4k --split test --output_dir eval/
 
 Writes ``<output-dir>/eval_<split>.json`` (metrics, per-bucket contributions, settings) and
 ``<output-dir>/eval_<split>.png`` (P@k and PSP@k contributed by head / torso / tail labels, bucketed by
@@ -11,61 +11,59 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from dexml_hf.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_dataset_arg", "load_model_arg", "register", "run_evaluate"]
+__all__ = ["EvaluateArguments", "build_parser", "main", "run_evaluate"]
+
+HELP = "evaluate a model on an XMC dataset split (P@k, nDCG@k, PSP@k, ...)"
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="evaluate a model on an XMC dataset split (P@k, nDCG@k, PSP@k, ...)",
-        description="Exact top-k evaluation of a dual encoder on an XMC dataset split.",
+@dataclass
+class EvaluateArguments:
+    """Exact top-k evaluation of a dual encoder on an XMC dataset split."""
+
+    model: str | None = field(
+        default=None, metadata={"help": "sentence-transformers model or DEXML checkpoint (path or Hub id); required"}
     )
-    parser.add_argument(
-        "--model", required=True, help="sentence-transformers model or DEXML checkpoint (path or Hub id)"
+    dataset: str | None = field(
+        default=None, metadata={"help": "XMC dataset: Hub id, or a local folder / file in any format; required"}
     )
-    parser.add_argument("--dataset", required=True, help="XMC dataset: Hub id or local folder / files")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--output-dir", default=None, help="where to write the JSON report and the PNG plot")
-    parser.add_argument("--ks", default="1,3,5", help="comma-separated cut-offs (default: 1,3,5)")
-    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
-    parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
-    parser.add_argument("--query-mode", default=None, help="query text mode of the dataset (e.g. title, content)")
-    parser.add_argument("--label-mode", default=None, help="label text mode of the dataset (e.g. title)")
-    parser.add_argument("--revision", default=None, help="model revision on the Hub")
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot (no matplotlib needed)")
-    parser.set_defaults(func=main)
+    dataset_format: str | None = field(default=None, metadata={"help": "format of a local dataset (default: detect)"})
+    split: str = field(default="test", metadata={"help": "split to evaluate"})
+    output_dir: str | None = field(default=None, metadata={"help": "where to write the JSON report and the PNG plot"})
+    ks: str = field(default="1,3,5", metadata={"help": "comma-separated cut-offs"})
+    batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
+    max_queries: int | None = field(default=None, metadata={"help": "evaluate only the first N queries"})
+    query_text_mode: str | None = field(default=None, metadata={"help": "query text: title, content, title_content"})
+    label_text_mode: str | None = field(default=None, metadata={"help": "label text: title, title_alt"})
+    model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
+    dataset_revision: str | None = field(default=None, metadata={"help": "dataset revision on the Hub"})
+    plot: bool = field(default=True, metadata={"help": "write the head/torso/tail PNG (needs matplotlib)"})
 
-
-def load_model_arg(name: str, revision: str | None = None):
-    """A SentenceTransformer for ``name``: released DEXML checkpoints and bare encoders via ``load_dexml_model``."""
-    from sentence_transformers import SentenceTransformer
-
-    path = Path(name)
-    try:
-        from dexml_hf.hub import get_checkpoint, load_dexml_model
-    except ImportError:  # hub helpers absent: plain sentence-transformers loading
-        return SentenceTransformer(name, revision=revision)
-    if get_checkpoint(name) is not None or (path.is_dir() and not (path / "modules.json").is_file()):
-        return load_dexml_model(name, revision=revision)
-    return SentenceTransformer(name, revision=revision)
-
-
-def load_dataset_arg(name: str):
-    """An ``XMCDataset`` from a local path (any supported format or the Hub layout) or a Hub dataset id."""
-    from dexml_hf.data import load_xmc_dataset
-
-    if Path(name).exists():
-        from dexml_hf.data.formats import read_xmc
-
+    def __post_init__(self):
+        if not self.model or not self.dataset:
+            raise UsageError("--model and --dataset are required")
         try:
-            return read_xmc(name)
-        except (ValueError, FileNotFoundError) as err:
-            logger.info("%s is not a raw XMC format (%s); reading it as a Hub-layout folder", name, err)
-    return load_xmc_dataset(name)
+            self.cutoffs = tuple(int(k) for k in self.ks.split(","))
+        except ValueError as err:
+            raise UsageError(f"--ks must be comma-separated integers, got {self.ks!r}") from err
+        if min(self.cutoffs) < 1:
+            raise UsageError(f"--ks must be positive, got {self.ks!r}")
+        for name in ("batch_size", "max_queries"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name} must be a positive integer, got {value}")
+
+
+def build_parser():
+    from dexml_hf.config import DEXMLArgumentParser
+
+    return DEXMLArgumentParser([EvaluateArguments], prog="dexml-hf evaluate", description=EvaluateArguments.__doc__)
 
 
 def run_evaluate(
@@ -85,14 +83,15 @@ def run_evaluate(
     """Evaluate and return the report dict; writes ``eval_<split>.json`` / ``.png`` into ``output_dir`` if given."""
     import numpy as np
 
-    from dexml_hf.evaluation import XMCEvaluator, bucket_metrics, frequency_buckets
+    from dexml_hf.evaluation import bucket_metrics, frequency_buckets
+    from dexml_hf.factory import build_evaluator
     from dexml_hf.index import resolve_normalize
 
-    evaluator = XMCEvaluator.from_xmc_dataset(
+    evaluator = build_evaluator(
         dataset,
-        split=split,
-        query_mode=query_mode,
-        label_mode=label_mode,
+        split,
+        query_text_mode=query_mode,
+        label_text_mode=label_mode,
         max_queries=max_queries,
         ks=ks,
         batch_size=batch_size,
@@ -153,42 +152,31 @@ def plot_buckets(buckets: dict, ks, path: str | Path, title: str = "") -> Path:
     return Path(path)
 
 
-def format_table(metrics: dict[str, float]) -> str:
-    """Markdown table: one row per metric family, one column per k."""
-    fams: dict[str, dict[int, float]] = {}
-    for key, value in metrics.items():
-        fam, k = key.split("@")
-        fams.setdefault(fam, {})[int(k)] = value
-    ks = sorted({k for v in fams.values() for k in v})
-    lines = ["| metric | " + " | ".join(f"@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
-    for fam, vals in fams.items():
-        lines.append(f"| {fam} | " + " | ".join(f"{100 * vals[k]:.2f}" if k in vals else "" for k in ks) + " |")
-    return "\n".join(lines)
+def main(argv: list[str]) -> int:
+    from dexml_hf.factory import load_dataset, load_model
+    from dexml_hf.model_card import format_metrics_table
 
-
-def main(args, extra_argv=None) -> int:
-    try:
-        ks = tuple(int(k) for k in args.ks.split(","))
-    except ValueError as err:
-        raise SystemExit(f"--ks must be comma-separated integers, got {args.ks!r}") from err
-    model = load_model_arg(args.model, args.revision)
-    dataset = load_dataset_arg(args.dataset)
+    (args,) = build_parser().parse(argv)
+    model = load_model(args.model, revision=args.model_revision)
+    dataset = load_dataset(args.dataset, format=args.dataset_format, revision=args.dataset_revision)
+    if args.split not in dataset.splits:
+        raise UsageError(f"dataset {args.dataset}: no {args.split!r} split (has {', '.join(dataset.splits)})")
     report = run_evaluate(
         model,
         dataset,
         split=args.split,
-        ks=ks,
+        ks=args.cutoffs,
         batch_size=args.batch_size,
         max_queries=args.max_queries,
-        query_mode=args.query_mode,
-        label_mode=args.label_mode,
+        query_mode=args.query_text_mode,
+        label_mode=args.label_text_mode,
         output_dir=args.output_dir,
-        plot=not args.no_plot,
+        plot=args.plot,
         model_name=args.model,
         dataset_name=args.dataset,
     )
     print(f"{report['dataset']} / {args.split}: {report['num_queries']} queries, {report['num_labels']} labels")
-    print(format_table(report["metrics"]))
+    print(format_metrics_table(report["metrics"], every_metric=True))
     if args.output_dir:
         print(f"report: {Path(args.output_dir) / f'eval_{args.split}.json'}")
     return 0

@@ -6,51 +6,67 @@ dexml-hf predict --model out/ --index out/label_index "how do I reverse a list" 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
-__all__ = ["register"]
+from dexml_hf.errors import UsageError
+
+__all__ = ["PredictArguments", "build_parser", "main"]
+
+HELP = "print the top-k labels of texts"
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "predict",
-        help="print the top-k labels of texts",
-        description="Embed texts with a model and print their top-k labels from a LabelIndex.",
+@dataclass
+class PredictArguments:
+    """Embed texts with a model and print their top-k labels from a LabelIndex."""
+
+    model: str | None = field(
+        default=None, metadata={"help": "sentence-transformers model or DEXML checkpoint (path or Hub id); required"}
     )
-    parser.add_argument(
-        "--model", required=True, help="sentence-transformers model or DEXML checkpoint (path or Hub id)"
+    index: str | None = field(
+        default=None, metadata={"help": "LabelIndex folder (LabelIndex.save) or Hub repo id; required"}
     )
-    parser.add_argument("--index", required=True, help="LabelIndex folder (LabelIndex.save) or Hub repo id")
+    k: int = field(default=5, metadata={"help": "labels per text"})
+    json: bool = field(default=False, metadata={"help": "print JSON lines instead of a table"})
+    model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
+
+    def __post_init__(self):
+        if not self.model or not self.index:
+            raise UsageError("--model and --index are required")
+        if self.k < 1:
+            raise UsageError(f"--k must be >= 1, got {self.k}")
+
+
+def build_parser():
+    from dexml_hf.config import DEXMLArgumentParser
+
+    parser = DEXMLArgumentParser([PredictArguments], prog="dexml-hf predict", description=PredictArguments.__doc__)
     parser.add_argument("texts", nargs="+", help="texts to label")
-    parser.add_argument("--k", type=int, default=5, help="labels per text (default: 5)")
-    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    parser.add_argument("--revision", default=None, help="model revision on the Hub")
-    parser.set_defaults(func=main)
+    return parser
 
 
-def main(args, extra_argv=None) -> int:
-    from dexml_hf.commands.evaluate import load_model_arg
+def main(argv: list[str]) -> int:
+    from dexml_hf.factory import load_model
     from dexml_hf.index import LabelIndex
 
-    if args.k < 1:
-        raise SystemExit(f"--k must be >= 1, got {args.k}")
-    model = load_model_arg(args.model, args.revision)
+    args, extra = build_parser().parse(argv)
+    texts = list(extra.texts)
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise UsageError(f"text {empty[0] + 1} is empty: there is nothing to label")
+    model = load_model(args.model, revision=args.model_revision)
     index = LabelIndex.load(args.index)
     if index.dim != model.get_embedding_dimension():
-        raise SystemExit(
+        raise UsageError(
             f"index {args.index} holds {index.dim}-dim embeddings but model {args.model} makes "
             f"{model.get_embedding_dimension()}-dim ones"
         )
-    results = index.search_texts(model, args.texts, k=args.k)
-    for text, labels in zip(args.texts, results):
+    results = index.search_texts(model, texts, k=args.k)
+    for text, labels in zip(texts, results):
         if args.json:
             print(json.dumps({"text": text, "labels": labels}, ensure_ascii=False))
             continue
         print(text)
         for rank, hit in enumerate(labels, 1):
-            name = (
-                hit["text"]
-                if hit["text"] is not None
-                else (hit["label_id"] if hit["label_id"] is not None else hit["id"])
-            )
+            name = next(v for v in (hit["text"], hit["label_id"], hit["id"]) if v is not None)
             print(f"  {rank:>2}. {hit['score']:.4f}  {name}")
     return 0

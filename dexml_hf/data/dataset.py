@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -17,19 +18,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from dexml_hf.data import registry
+from dexml_hf.errors import UsageError
+from dexml_hf.evaluation.metrics import PROPENSITY_PRESETS, inv_propensity
+
 SPLITS = ("train", "test", "validation")
 
-# Propensity parameters (A, B) of Jain et al. 2016 per dataset family (DESIGN.md §3).
-FAMILIES: dict[str, tuple[float, float]] = {
-    "generic": (0.55, 1.5),
-    "amazon": (0.6, 2.6),
-    "wikipedia": (0.5, 0.4),
-}
+#: The propensity families (A, B): one table, ``dexml_hf.evaluation.metrics.PROPENSITY_PRESETS`` (DESIGN.md §3).
+FAMILIES = PROPENSITY_PRESETS
 
 TEXT_FEATURES = datasets.Features(
     {"uid": datasets.Value("string"), "title": datasets.Value("string"), "content": datasets.Value("string")}
 )
 
+#: How a query / a label becomes text (``query_texts`` / ``label_texts``); the one definition of the modes.
 QUERY_TEXT_MODES = ("title", "content", "title_content")
 LABEL_TEXT_MODES = ("title", "title_alt")
 
@@ -156,7 +158,8 @@ class XMCDataset:
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 raise ValueError(f"filters[{split!r}] pair {row} = {pairs[row].tolist()} is out of range")
-            self.filters[split] = pairs
+            if len(pairs):  # no pairs = no filter: one representation, so datasets compare and round-trip equal
+                self.filters[split] = pairs
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -185,13 +188,7 @@ class XMCDataset:
         ``n_l`` are train frequencies and ``N`` the number of train queries; ``A``, ``B`` default to
         the dataset family's values (DESIGN.md §3).
         """
-        default_a, default_b = FAMILIES[self.family]
-        a = default_a if A is None else float(A)
-        b = default_b if B is None else float(B)
-        n = self.num_queries("train")
-        freq = self.label_frequencies("train").astype(np.float64)
-        c = (np.log(n) - 1.0) * (b + 1.0) ** a
-        return 1.0 + c * (freq + b) ** (-a)
+        return inv_propensity(self.label_frequencies("train"), self.num_queries("train"), A=A, B=B, family=self.family)
 
     def summary(self) -> dict:
         """Counts per split, queries without labels, and labels never seen in train (kept, not dropped)."""
@@ -331,18 +328,43 @@ class XMCDataset:
         )
         return datasets.Dataset(pa.table(columns), info=datasets.DatasetInfo(features=features))
 
-    # ------------------------------------------------------------------ persistence (see hub_layout.py)
-    def save_to_folder(self, path, overwrite: bool = False) -> None:
-        """Write the Hub layout (parquet + README configs + ``xmc.json``) into a local folder."""
-        from dexml_hf.data.hub_layout import save_to_folder
+    def head(self, split: str, n: int | None) -> XMCDataset:
+        """A dataset whose ``split`` keeps only its first ``n`` queries (label-matrix rows and filter pairs cut alike).
 
-        save_to_folder(self, path, overwrite=overwrite)
+        Other splits, the labels, the family and the name are shared, not copied. ``n=None`` or ``n`` at least the
+        split's size returns ``self``. Used for quick runs (``max_train_samples``, ``eval_max_queries``).
+        """
+        if split not in self.queries:
+            raise ValueError(f"no split {split!r}; splits: {', '.join(self.splits)}")
+        if n is None or n >= self.num_queries(split):
+            return self
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"head: n must be an integer >= 0 or None, got {n!r}")
+        n = int(n)
+        queries = {**self.queries, split: self.queries[split].select(range(n))}
+        matrices = {**self.label_matrices, split: self.label_matrices[split][:n]}
+        filters = dict(self.filters)
+        if split in filters:
+            filters[split] = filters[split][filters[split][:, 0] < n]
+        return XMCDataset(queries, self.labels, matrices, filters, family=self.family, name=self.name)
+
+    # ------------------------------------------------------------------ persistence (through the format registry)
+    def save(self, path: str | Path, format: str = "hub", overwrite: bool = False) -> None:  # noqa: A002
+        """Write the dataset in any registered format (atomically, with the package's marker file)."""
+        spec = registry.get_format(format)
+        if spec.writer is None:
+            raise UsageError(f"format {format!r} can be read but not written")
+        spec.writer(self, path, overwrite=overwrite)
+
+    def save_to_folder(self, path: str | Path, overwrite: bool = False) -> None:
+        """Write the Hub layout (parquet + README configs + ``xmc.json``) into a local folder."""
+        self.save(path, format="hub", overwrite=overwrite)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None, **kwargs) -> None:
         """Push the Hub layout to a dataset repo (one ``datasets`` push per config + ``xmc.json``)."""
-        from dexml_hf.data.hub_layout import push_to_hub
-
-        push_to_hub(self, repo_id, private=private, token=token, **kwargs)
+        # the Hub module is found through the registry's module table, not imported here (no import cycle)
+        push = registry.import_format_module("hub").push_to_hub
+        push(self, repo_id, private=private, token=token, **kwargs)
 
     def equals(self, other: XMCDataset) -> bool:
         """Same texts, label matrices (ids and relevance), filters, family and name."""

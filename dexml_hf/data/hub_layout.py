@@ -27,14 +27,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
 
-from dexml_hf.data._utils import atomic_directory, csr_from_lists, csr_to_list_arrays, list_array_parts
+from dexml_hf.data._utils import (
+    atomic_directory,
+    csr_from_lists,
+    csr_to_list_arrays,
+    data_error,
+    list_array_parts,
+)
 from dexml_hf.data.dataset import SPLITS, XMCDataset, index_strings, text_table
+from dexml_hf.data.registry import register_format
+from dexml_hf.errors import DataError
+
+__all__ = ["load_hub_dataset", "push_to_hub", "save_to_folder", "validate_folder"]
 
 METADATA_FILE = "xmc.json"
 LAYOUT_VERSION = 1
@@ -93,10 +104,23 @@ def _readme(configs: dict[str, dict[str, list[str]]], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_writable(ds: XMCDataset) -> None:
+    """``datasets`` cannot load a config split with no rows: refuse up front rather than write an unloadable repo."""
+    empty = [s for s in ds.splits if ds.num_queries(s) == 0]
+    if empty:
+        raise DataError(
+            f"dataset {ds.name!r}: split(s) {', '.join(map(repr, empty))} have no queries; the Hub layout cannot "
+            "store an empty split (datasets refuses to load it): drop the split or give it queries"
+        )
+    if ds.num_labels == 0:
+        raise DataError(f"dataset {ds.name!r} has no labels; the Hub layout needs at least one")
+
+
 def save_to_folder(ds: XMCDataset, path, overwrite: bool = False) -> None:
-    """Write the Hub layout into a local folder (atomically: temp folder, then rename)."""
+    """Write the Hub layout into a local folder (atomically: marked temp folder, then rename)."""
+    _check_writable(ds)
     meta = _metadata(ds)
-    with atomic_directory(path, overwrite) as tmp:
+    with atomic_directory(path, overwrite, fmt="hub") as tmp:
         written: dict[str, dict[str, list[str]]] = {}
         for config, splits in _config_tables(ds).items():
             (tmp / config).mkdir()
@@ -123,6 +147,8 @@ def push_to_hub(
     """Push the Hub layout: ``DatasetDict.push_to_hub(config_name=...)`` per config, then ``xmc.json``."""
     from huggingface_hub import HfApi
 
+    _check_writable(ds)
+
     for config, splits in _config_tables(ds).items():
         datasets.DatasetDict(splits).push_to_hub(
             repo_id,
@@ -145,15 +171,86 @@ def push_to_hub(
 def _read_metadata(source: str, revision: str | None, token: str | None) -> dict:
     if Path(source).is_dir():
         path = Path(source) / METADATA_FILE
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+        if not path.is_file():
+            return {}
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
+        try:
+            path = Path(hf_hub_download(source, METADATA_FILE, repo_type="dataset", revision=revision, token=token))
+        except EntryNotFoundError:
+            return {}
     try:
-        path = hf_hub_download(source, METADATA_FILE, repo_type="dataset", revision=revision, token=token)
-    except EntryNotFoundError:
-        return {}
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise data_error(f"{source}: {METADATA_FILE}", None, None, f"not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise data_error(f"{source}: {METADATA_FILE}", None, None, "expected a JSON object")
+    return meta
+
+
+def _shards_complete(folder: Path, config: str, split: str) -> str | None:
+    """What is missing of ``config/split-*.parquet`` (``None``: every shard ``i-of-N`` is there)."""
+    files = sorted((folder / config).glob(f"{split}-*.parquet")) if (folder / config).is_dir() else []
+    if not files:
+        return f"{config}/{split}-*.parquet"
+    totals = set()
+    for file in files:
+        match = re.fullmatch(rf"{re.escape(split)}-(\d+)-of-(\d+)\.parquet", file.name)
+        if match:
+            totals.add(int(match.group(2)))
+    for total in totals:
+        missing = [
+            i for i in range(total) if not (folder / config / f"{split}-{i:05d}-of-{total:05d}.parquet").is_file()
+        ]
+        if missing:
+            return f"{config}/{split}-{missing[0]:05d}-of-{total:05d}.parquet"
+    return None
+
+
+def validate_folder(folder: str | os.PathLike) -> dict:
+    """Check a local Hub-layout folder before ``datasets`` reads it; returns its ``xmc.json`` (``{}`` if none).
+
+    With ``xmc.json`` (a folder this package wrote) every config and split it announces must have its parquet
+    files (all shards) and ``README.md`` its ``configs:``; a missing piece raises :class:`DataError` naming it.
+    """
+    folder = Path(folder)
+    meta = _read_metadata(str(folder), None, None)
+    if not meta:
+        return meta
+    splits = meta.get("splits")
+    if not isinstance(splits, list) or not splits or not all(isinstance(x, str) for x in splits):
+        raise data_error(folder / METADATA_FILE, None, "splits", f"expected a list of split names, got {splits!r}")
+    needed = [("queries", split) for split in splits] + [("labels", "train")]
+    if meta.get("has_filters"):
+        # a filters split exists only for query splits that have pairs: at least one must be there
+        if not any(_shards_complete(folder, "filters", s) is None for s in splits):
+            raise DataError(f"{folder}: missing filters/*.parquet (xmc.json says the dataset has filter pairs)")
+    for config, split in needed:
+        missing = _shards_complete(folder, config, split)
+        if missing is not None:
+            what = "labels/ config" if config == "labels" else f"{config!r} split {split!r}"
+            raise DataError(f"{folder}: missing {missing} (the {what} of this Hub-layout dataset)")
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise DataError(f"{folder}: missing README.md (its YAML 'configs:' tell datasets where each config is)")
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    for config in ("queries", "labels"):
+        if f"config_name: {config}" not in text:
+            raise data_error(readme, None, "configs", f"no config_name: {config} (the {config}/ config)")
+    return meta
+
+
+def _load(source: str, config: str | None, local: bool, common: dict):
+    """``datasets.load_dataset`` with a missing repo named (a wrong id is a user error, not a traceback)."""
+    try:
+        return datasets.load_dataset(source, config, **common)
+    except datasets.exceptions.DatasetNotFoundError as err:
+        where = "local folder" if local else "dataset repo on the Hub"
+        raise DataError(f"{source}: no such {where} ({err})") from None
+    except FileNotFoundError as err:
+        raise DataError(f"{source}: {err}") from None
 
 
 def _rename(table: datasets.Dataset, columns: dict[str, str]) -> datasets.Dataset:
@@ -170,7 +267,7 @@ def _text_part(table: datasets.Dataset, where: str) -> datasets.Dataset:
     ):
         return table.select_columns(["uid", "title", "content"])
     if "title" not in present and "content" not in present:
-        raise ValueError(f"{where}: no 'title' or 'content' column (columns: {table.column_names}); pass columns=")
+        raise DataError(f"{where}: no 'title' or 'content' column (columns: {table.column_names}); pass columns=")
     arrow = table.with_format("arrow")[:]
     return text_table(
         uid=arrow["uid"] if "uid" in present else index_strings(n),
@@ -180,7 +277,7 @@ def _text_part(table: datasets.Dataset, where: str) -> datasets.Dataset:
     )
 
 
-def load_xmc_dataset(
+def load_hub_dataset(
     path: str | os.PathLike,
     revision: str | None = None,
     columns: dict[str, str] | None = None,
@@ -192,9 +289,11 @@ def load_xmc_dataset(
     filters_config: str | None = "filters",
     cache_dir: str | None = None,
     token: str | None = None,
-    **load_kwargs,
+    load_kwargs: dict | None = None,
 ) -> XMCDataset:
     """Load an XMC dataset from a Hub repo id or a local folder in the Hub layout (``load_dataset`` underneath).
+
+    Usually called through :func:`dexml_hf.data.load_xmc_dataset`, which also reads every other format.
 
     Args:
         path: a dataset repo id (``user/eurlex-4k``) or a local folder with the same files.
@@ -205,13 +304,15 @@ def load_xmc_dataset(
         num_labels: needed only when there is neither a labels config nor metadata (else max id + 1).
         queries_config, labels_config, filters_config: config names; ``None`` skips labels/filters
             (label texts then become the ids) or, for queries, loads the repo's default config.
+        cache_dir, token: as ``datasets.load_dataset``; ``load_kwargs``: any other ``load_dataset`` argument.
     """
     source = str(path)
-    meta = _read_metadata(source, revision, token)
+    local = Path(source).is_dir()
+    meta = validate_folder(source) if local else _read_metadata(source, revision, token)
     columns = {**(columns or {})}
-    common = dict(revision=revision, cache_dir=cache_dir, token=token, **load_kwargs)
+    common = dict(revision=revision, cache_dir=cache_dir, token=token, **(load_kwargs or {}))
 
-    loaded = datasets.load_dataset(source, queries_config, **common)
+    loaded = _load(source, queries_config, local, common)
     query_tables: dict[str, datasets.Dataset] = {}
     for split, table in loaded.items():
         query_tables[_SPLIT_ALIASES.get(split, split)] = _rename(table, columns)
@@ -219,7 +320,7 @@ def load_xmc_dataset(
     labels = None
     if labels_config is not None:
         try:
-            label_dict = datasets.load_dataset(source, labels_config, **common)
+            label_dict = _load(source, labels_config, local, common)
         except ValueError as err:
             if meta or labels_config != "labels" or "labels" not in str(err):
                 raise
@@ -239,7 +340,7 @@ def load_xmc_dataset(
     parts = {}
     for split, table in query_tables.items():
         if "label_ids" not in table.column_names:
-            raise ValueError(
+            raise DataError(
                 f"{source} config {queries_config!r} split {split!r}: no 'label_ids' column "
                 f"(columns: {table.column_names}); map yours with columns={{'label_ids': ...}}"
             )
@@ -250,7 +351,7 @@ def load_xmc_dataset(
             rel_offsets, rel = list_array_parts(arrow["label_rel"])
             if not np.array_equal(rel_offsets, offsets):
                 row = int(np.flatnonzero(rel_offsets != offsets)[0]) - 1
-                raise ValueError(
+                raise DataError(
                     f"{source} split {split!r}, row {row}, field 'label_rel': length differs from label_ids"
                 )
         parts[split] = (offsets, ids, rel)
@@ -261,7 +362,7 @@ def load_xmc_dataset(
         if len(ids) and (ids.min() < 0 or ids.max() >= total):
             bad = int(np.flatnonzero((ids < 0) | (ids >= total))[0])
             row = int(np.searchsorted(offsets, bad, side="right") - 1)
-            raise ValueError(
+            raise DataError(
                 f"{source} split {split!r}, row {row}, field 'label_ids': label id {ids[bad]} out of range [0, {total})"
             )
         matrices[split] = csr_from_lists(offsets, ids, rel, total)
@@ -271,7 +372,7 @@ def load_xmc_dataset(
     filters = {}
     if filters_config is not None and (meta.get("has_filters", True) if meta else True):
         try:
-            filter_dict = datasets.load_dataset(source, filters_config, **common)
+            filter_dict = _load(source, filters_config, local, common)
         except ValueError as err:
             if filters_config not in str(err):
                 raise
@@ -290,3 +391,15 @@ def load_xmc_dataset(
         family=family or meta.get("family"),
         name=name or meta.get("name") or Path(source).name,
     )
+
+
+def _is_hub_folder(path: Path) -> bool:
+    """This package's layout (``xmc.json`` or ``queries/``) or any parquet folder ``datasets`` can load."""
+    if not path.is_dir():
+        return False
+    if (path / METADATA_FILE).is_file() or (path / "queries").is_dir():
+        return True
+    return any(path.glob("*.parquet")) or any(path.glob("*/*.parquet"))
+
+
+register_format("hub", load_hub_dataset, save_to_folder, _is_hub_folder, "the Hub layout (parquet configs + xmc.json)")

@@ -29,12 +29,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from dexml_hf.data._utils import data_error
+from dexml_hf.data.registry import register_format
+from dexml_hf.errors import DataError
 
 __all__ = ["MovieLensTables", "load_movielens", "movielens_tables", "read_items", "read_ratings"]
 
@@ -48,7 +49,7 @@ def read_ratings(path: str | os.PathLike) -> np.ndarray:
     """``u.data`` / ``u1.base`` / ``u1.test``: an ``(n, 4)`` int64 array of user, item, rating, timestamp."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: MovieLens ratings file not found")
+        raise DataError(f"{path}: MovieLens ratings file not found")
     lines = path.read_text(encoding="ascii", errors="replace").splitlines()
     rows = [line.split() for line in lines if line.strip()]
     try:
@@ -86,7 +87,7 @@ def read_items(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """``u.item`` (latin-1, ``|``-separated): movie titles and a genre / release-date description, by item id."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: MovieLens item file not found")
+        raise DataError(f"{path}: MovieLens item file not found")
     titles: list[str] = []
     contents: list[str] = []
     for number, line in enumerate(path.read_bytes().decode("latin-1").splitlines(), 1):
@@ -276,17 +277,36 @@ def movielens_tables(
     )
 
 
-def load_movielens(path: str | os.PathLike, name: str | None = None, family: str | None = None, **kwargs: Any):
+def load_movielens(
+    path: str | os.PathLike,
+    name: str | None = None,
+    family: str | None = None,
+    fold: int = 1,
+    min_rating: int = 4,
+    max_titles: int = 20,
+    train_positives: str = "all",
+    held_out_fraction: float = 0.2,
+    seed: int = 0,
+    views: int = 1,
+):
     """MovieLens 100K (``../shared/data/movielens-100k``) as an :class:`~dexml_hf.data.XMCDataset`.
 
-    Keyword arguments go to :func:`movielens_tables` (``fold``, ``min_rating``, ``max_titles``,
-    ``train_positives``, ``held_out_fraction``, ``seed``); ``name`` / ``family`` as for the other readers.
+    The other arguments are :func:`movielens_tables`'; ``name`` / ``family`` as for the other readers.
     """
     from datasets import Dataset
 
-    from dexml_hf.data import XMCDataset
+    from dexml_hf.data.dataset import XMCDataset
 
-    tables = movielens_tables(path, **kwargs)
+    tables = movielens_tables(
+        path,
+        fold=fold,
+        min_rating=min_rating,
+        max_titles=max_titles,
+        train_positives=train_positives,
+        held_out_fraction=held_out_fraction,
+        seed=seed,
+        views=views,
+    )
     queries = {
         split: Dataset.from_dict(
             {
@@ -310,5 +330,12 @@ def load_movielens(path: str | os.PathLike, name: str | None = None, family: str
         label_matrices=tables.label_matrices,
         filters=tables.filters,
         family=family or "generic",
-        name=name or f"movielens-100k-u{kwargs.get('fold', 1)}",
+        name=name or f"movielens-100k-u{fold}",
     )
+
+
+def _is_movielens(path: Path) -> bool:
+    return path.is_dir() and all((path / n).is_file() for n in ("u.item", "u1.base", "u1.test"))
+
+
+register_format("movielens", load_movielens, None, _is_movielens, "MovieLens 100K folder (u.item, u1.base, u1.test)")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["SYNTHETIC_NOTICE", "generate_synthetic_tables", "generate_synthetic_xmc"]
+from dexml_hf.data.registry import register_format
+
+__all__ = ["SYNTHETIC_NOTICE", "generate_synthetic_tables", "generate_synthetic_xmc", "read_synthetic"]
 
 SYNTHETIC_NOTICE = (
     "NOTE: the 'synthetic' dataset is GENERATED (dexml_hf/data/synthetic.py), not real data: topic-phrase labels "
@@ -170,7 +172,7 @@ def generate_synthetic_xmc(
     """The synthetic dataset as an ``XMCDataset`` (family ``generic``, name ``synthetic``)."""
     from datasets import Dataset
 
-    from dexml_hf.data import XMCDataset
+    from dexml_hf.data.dataset import XMCDataset
 
     tables = generate_synthetic_tables(
         num_labels=num_labels,
@@ -198,3 +200,28 @@ def generate_synthetic_xmc(
         )
         matrices[split] = matrix
     return XMCDataset(queries=queries, labels=labels, label_matrices=matrices, family="generic", name="synthetic")
+
+
+def read_synthetic(
+    source: str = "synthetic",
+    num_labels: int = 400,
+    num_train: int = 2000,
+    num_test: int = 500,
+    num_validation: int = 0,
+    zipf_exponent: float = 1.1,
+    mean_labels_per_query: float = 3.0,
+    seed: int = 0,
+):
+    """The registry's reader for ``load_xmc_dataset("synthetic", ...)`` (``source`` is only the name)."""
+    return generate_synthetic_xmc(
+        num_labels=num_labels,
+        num_train=num_train,
+        num_test=num_test,
+        num_validation=num_validation,
+        zipf_exponent=zipf_exponent,
+        mean_labels_per_query=mean_labels_per_query,
+        seed=seed,
+    )
+
+
+register_format("synthetic", read_synthetic, None, None, "the generated offline dataset (no files)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import os
@@ -17,6 +18,8 @@ from dexml_hf.index import LabelIndex, encode_texts, resolve_normalize
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+    from dexml_hf.retrieval import RetrievalMemory
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,14 @@ class XMCEvaluator(BaseEvaluator):
         normalize: override the model-derived normalisation.
         show_progress_bar: progress bars while encoding.
         write_csv: append the metrics to ``<output_path>/XMC_evaluation_<name>_results.csv``.
+        label_ids: external label identifiers kept in the index (display only).
+        index: a ready :class:`~dexml_hf.index.LabelIndex` of these labels (e.g. ``LabelIndex.load`` of a saved
+            model): its embeddings are used instead of encoding ``label_texts``, and its retrieval memory if it has
+            one. Only valid for the model that built it.
+        memory: a :class:`~dexml_hf.retrieval.RetrievalMemory`: rank by the retrieval-augmented fused score
+            (its ``λ``, ``k``, ``T`` and label matrix); overrides the index's memory.
+        memory_texts: the memory's query texts; when given, they are re-embedded with the evaluated model at every
+            call (needed while training, where a memory embedded by an earlier model would be stale).
 
     Example::
 
@@ -68,6 +79,9 @@ class XMCEvaluator(BaseEvaluator):
         show_progress_bar: bool | None = None,
         write_csv: bool = True,
         label_ids: Sequence[Any] | None = None,
+        index=None,
+        memory: RetrievalMemory | None = None,
+        memory_texts: Sequence[str] | None = None,
     ):
         super().__init__()
         self.queries = list(queries)
@@ -100,6 +114,18 @@ class XMCEvaluator(BaseEvaluator):
         self.show_progress_bar = show_progress_bar
         self.write_csv = write_csv
         self.label_ids = label_ids
+        if index is not None and len(index) != n_labels:
+            raise ValueError(f"index has {len(index)} labels but there are {n_labels} label texts")
+        self.index = index
+        self.memory = memory
+        self.memory_texts = None if memory_texts is None else list(memory_texts)
+        if self.memory_texts is not None:
+            if memory is None:
+                raise ValueError("memory_texts needs memory (its label matrix and λ, k, T)")
+            if len(self.memory_texts) != len(memory):
+                raise ValueError(f"memory_texts has {len(self.memory_texts)} texts for a memory of {len(memory)}")
+        if memory is not None and memory.num_labels != n_labels:
+            raise ValueError(f"memory has {memory.num_labels} labels but there are {n_labels} label texts")
         self.primary_metric = primary_metric
         self.greater_is_better = True
         self.metrics: dict[str, float] = {}
@@ -136,16 +162,33 @@ class XMCEvaluator(BaseEvaluator):
         return cls(queries, labels, truth, filters=filters, **kwargs)
 
     def compute_topk(self, model: SentenceTransformer) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, ids)`` of the top ``search_depth`` labels of every query (filters removed)."""
-        normalized = resolve_normalize(model, self.normalize)
-        index = LabelIndex.from_texts(
-            model,
-            self.label_texts,
-            label_ids=self.label_ids,
-            batch_size=self.batch_size,
-            normalize=normalized,
-            show_progress_bar=self.show_progress_bar,
-        )
+        """``(scores, ids)`` of the top ``search_depth`` labels of every query (filters removed); retrieval-augmented
+        (fused scores) when a memory is given or the given index has one."""
+        if self.index is not None:
+            index, normalized = copy.copy(self.index), self.index.normalized
+        else:
+            normalized = resolve_normalize(model, self.normalize)
+            index = LabelIndex.from_texts(
+                model,
+                self.label_texts,
+                label_ids=self.label_ids,
+                batch_size=self.batch_size,
+                normalize=normalized,
+                show_progress_bar=self.show_progress_bar,
+            )
+        memory = self.memory if self.memory is not None else index.memory
+        if self.memory_texts is not None:
+            from dexml_hf.retrieval import RetrievalMemory
+
+            memory = RetrievalMemory(
+                encode_texts(model, self.memory_texts, "query", self.batch_size, normalized, self.show_progress_bar),
+                self.memory.label_matrix,
+                self.memory.lam,
+                self.memory.k,
+                self.memory.temperature,
+                normalized=normalized,
+            )
+        index.attach_memory(memory)
         query_emb = encode_texts(model, self.queries, "query", self.batch_size, normalized, self.show_progress_bar)
         return index.search(query_emb, self.search_depth, exclude=self.filters)
 
@@ -192,4 +235,7 @@ class XMCEvaluator(BaseEvaluator):
             config["filtered_pairs"] = int(len(self.filters))
         if self.inv_propensity is not None:
             config["propensity_scored"] = True
+        memory = self.memory if self.memory is not None else getattr(self.index, "memory", None)
+        if memory is not None:
+            config["retrieval"] = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
         return config

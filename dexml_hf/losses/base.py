@@ -5,7 +5,8 @@ A loss subclass only names its functional core (:mod:`dexml_hf.losses.functional
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,8 +57,25 @@ def split_labels(
 class XMCLoss(nn.Module):
     """Base class: (query, positive label[, extra candidate labels]) rows with ``[query_id, label ids...]`` labels.
 
-    Subclasses implement :meth:`loss_fn` ``(scores, positives, reduction) -> Tensor``.
+    Subclasses implement :meth:`loss_fn` ``(scores, positives, reduction) -> Tensor`` and set
+    :attr:`all_labels_objective` when the all-label engine can compute them exactly.
+
+    Public API (sentence-transformers' contract plus what the DEXML trainer calls):
+
+    - ``forward(sentence_features, labels)`` embeds every column with ``self.model`` and calls
+      ``compute_loss_from_embeddings(embeddings: list[Tensor], labels)`` (ST's signature: one tensor a column).
+    - ``compute_loss_from_candidates(query_embeddings, candidate_embeddings, query_ids, candidate_ids)``: the same
+      loss from the query embeddings and the column-major candidate embeddings with their ids.
+    - ``compute_loss_against_labels(query_embeddings, label_embeddings, query_ids, positive_ids)``: the batch's
+      queries against a full label table (row = label id; the 'all_cached' mode).
+    - ``all_labels_engine(model, label_texts, preprocess, ...)``: the exact chunked all-label loss
+      (:class:`~dexml_hf.negatives.all_labels.AllLabelsLoss`) with this loss's objective, scale and similarity.
+    - ``all_labels_objective``: ``"decoupled_softmax"``, ``"softmax"``, ``"soft_topk"`` or ``None`` (no exact
+      all-label form); subclasses inherit their parent's, so the trainer can dispatch on it.
     """
+
+    #: What the all-label engine computes for this loss; ``None``: it has no exact chunked form.
+    all_labels_objective: str | None = None
 
     def __init__(
         self,
@@ -78,11 +96,17 @@ class XMCLoss(nn.Module):
         self.logq_correction = logq_correction
         self.label_matrix = None
         self.label_log_prior: Tensor | None = None
+        self._label_index: dict[torch.device, tuple[Tensor, Tensor]] = {}
         if label_matrix is not None:
             self.set_label_matrix(label_matrix)
 
     def set_label_matrix(self, label_matrix: sp.spmatrix | None) -> None:
-        """Use ``label_matrix`` (queries × labels, any scipy sparse format) for the positives; kept on CPU as CSR."""
+        """Use ``label_matrix`` (queries × labels, any scipy sparse format) for the positives.
+
+        Kept as scipy CSR (for the config and the log-prior) and as torch CSR index tensors, moved once to each device
+        the loss runs on, so the positives mask of a step is built there with torch ops, without a host round trip.
+        """
+        self._label_index = {}
         if label_matrix is None:
             self.label_matrix = None
             return
@@ -95,24 +119,71 @@ class XMCLoss(nn.Module):
         matrix.eliminate_zeros()
         matrix.sort_indices()
         self.label_matrix = matrix
+        self._label_index[torch.device("cpu")] = (
+            torch.from_numpy(matrix.indptr.astype(np.int64)),
+            torch.from_numpy(matrix.indices.astype(np.int64)),
+        )
         self.label_log_prior = label_log_prior(matrix) if self.logq_correction else None
+
+    def _label_index_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        device = torch.device(device)
+        if device not in self._label_index:
+            crow, col = self._label_index[torch.device("cpu")]
+            self._label_index[device] = (crow.to(device), col.to(device))
+        return self._label_index[device]
+
+    def label_matrix_pairs(self, query_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(row in ``query_ids``, label id) of every positive the label matrix gives these queries, on their device.
+
+        Vectorised CSR row gather (``repeat_interleave``; its output size is the one scalar this reads back).
+        """
+        if self.label_matrix is None:
+            raise ValueError(f"{type(self).__name__} has no label_matrix")
+        n_queries = self.label_matrix.shape[0]
+        bad = (query_ids < 0) | (query_ids >= n_queries)
+        if bool(bad.any()):
+            raise ValueError(
+                f"label column: query_id {int(query_ids[bad][0])} is outside the label matrix, which has "
+                f"{n_queries} rows"
+            )
+        crow, col = self._label_index_on(query_ids.device)
+        start, counts = crow[query_ids], crow[query_ids + 1] - crow[query_ids]
+        rows = torch.repeat_interleave(torch.arange(len(query_ids), device=query_ids.device), counts)
+        offsets = torch.arange(len(rows), device=query_ids.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
+        return rows, col[start[rows] + offsets]
 
     # ------------------------------------------------------------------------------------------------------------
     def loss_fn(self, scores: Tensor, positives: Tensor, reduction: str) -> Tensor:
         raise NotImplementedError
 
+    def prepare_candidates(self, scores: Tensor, positives: Tensor, sampled: Tensor) -> tuple[Tensor, Tensor]:
+        """Hook before :meth:`loss_fn`: ``sampled`` marks each row's own sampled positive. Identity here; the soft
+        top-k loss caps the positives per query (the others leave the candidates, score -inf)."""
+        return scores, positives
+
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         embeddings = embed_columns(self.model, list(sentence_features))
-        if len(embeddings) < 2:
-            raise ValueError(f"{type(self).__name__} needs a query column and at least one label column")
-        return self.compute_loss_from_embeddings_list(embeddings, labels)
+        return self.compute_loss_from_embeddings(embeddings, labels)
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
+        """sentence-transformers' entry: per-column embeddings ``[queries, positives, negatives_1, ...]`` and the
+        collated ``label`` column ``(B, 1 + n_candidate_columns)`` (``None``: MNRL semantics)."""
+        if isinstance(embeddings, Tensor) or len(embeddings) < 2:
+            raise ValueError(
+                f"{type(self).__name__}.compute_loss_from_embeddings takes a list of per-column embeddings "
+                "[queries, positives, negatives...] (at least a query and a label column) and the labels; for "
+                "(queries, candidates, query_ids, candidate_ids) call compute_loss_from_candidates"
+            )
+        query_ids, candidate_ids = split_labels(labels, embeddings[0].shape[0], len(embeddings) - 1)
+        return self.compute_loss_from_candidates(embeddings[0], torch.cat(embeddings[1:]), query_ids, candidate_ids)
 
     def compute_loss_from_embeddings_list(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
-        """Loss from per-column embeddings ``[queries, positives, negatives_1, ...]`` and the collated labels."""
-        query_ids, candidate_ids = split_labels(labels, embeddings[0].shape[0], len(embeddings) - 1)
-        return self.compute_loss_from_embeddings(embeddings[0], torch.cat(embeddings[1:]), query_ids, candidate_ids)
+        """Deprecated alias of :meth:`compute_loss_from_embeddings` (its former name)."""
+        return self.compute_loss_from_embeddings(embeddings, labels)
 
-    def compute_loss_from_embeddings(
+    def compute_loss_from_candidates(
         self,
         query_embeddings: Tensor,
         candidate_embeddings: Tensor,
@@ -127,6 +198,7 @@ class XMCLoss(nn.Module):
         is scaled so that DDP's gradient averaging yields the gradient of the loss on the concatenated batch.
         """
         batch_size = query_embeddings.shape[0]
+        device = query_embeddings.device
         if candidate_embeddings.shape[0] % max(batch_size, 1) != 0:
             raise ValueError(
                 f"candidate_embeddings ({candidate_embeddings.shape[0]} rows) must hold whole columns of the "
@@ -134,6 +206,9 @@ class XMCLoss(nn.Module):
             )
         if (query_ids is None) != (candidate_ids is None):
             raise ValueError("query_ids and candidate_ids must be given together")
+        if query_ids is not None:
+            query_ids, candidate_ids = query_ids.to(device), candidate_ids.to(device)
+        local_candidates = candidate_embeddings
         world_size, rank = 1, 0
         if self.gather_across_devices and _is_distributed():
             world_size, rank = get_world_size(), torch.distributed.get_rank()
@@ -145,67 +220,130 @@ class XMCLoss(nn.Module):
                 gathered_ids = [all_gather(c) for c in candidate_ids.reshape(n_columns, batch_size).unbind(0)]
                 candidate_ids = torch.cat(gathered_ids)
                 all_query_ids = all_gather(query_ids)
-        local_rows = torch.arange(rank * batch_size, (rank + 1) * batch_size, device=query_embeddings.device)
+        local_rows = torch.arange(rank * batch_size, (rank + 1) * batch_size, device=device)
         global_batch = batch_size * world_size
 
+        row_index = torch.arange(batch_size, device=device)
         if candidate_ids is None:
             unique_embeddings = candidate_embeddings
-            positives = torch.zeros(batch_size, candidate_embeddings.shape[0], dtype=torch.bool)
-            positives[torch.arange(batch_size), local_rows.cpu()] = True
+            positives = torch.zeros(batch_size, candidate_embeddings.shape[0], dtype=torch.bool, device=device)
+            positives[row_index, local_rows] = True
+            sampled = positives.clone()
+            unique_ids = None
         else:
             if world_size == 1:
                 all_query_ids = query_ids
             unique_ids, first = _dedupe(candidate_ids)
             unique_embeddings = candidate_embeddings[first.to(candidate_embeddings.device)]
-            positives = self._positives_mask(
-                query_ids.cpu(), all_query_ids.cpu(), candidate_ids[:global_batch].cpu(), unique_ids.cpu()
-            )
-        # Scores in fp32 even under fp16/bf16 autocast (as the reference does): scale = 20 on fp16 logits loses digits.
-        with torch.autocast(device_type=query_embeddings.device.type, enabled=False):
-            scores = self.similarity_fct(_at_least_fp32(query_embeddings), _at_least_fp32(unique_embeddings))
-            scores = scores * self.scale
-            if self.logq_correction:
-                scores = scores - self._log_prior_of(unique_ids if candidate_ids is not None else None, scores)
-        positives = positives.to(scores.device)
-        total = self.loss_fn(scores, positives, reduction="sum")
+            positives = self._positives_mask(query_ids, all_query_ids, candidate_ids[:global_batch], unique_ids)
+            sampled = torch.zeros_like(positives)
+            own = torch.searchsorted(unique_ids, candidate_ids[:global_batch][local_rows].contiguous())
+            sampled[row_index, own] = True
+        scores = self.score(query_embeddings, unique_embeddings)
+        if self.logq_correction:
+            scores = scores - self._log_prior_of(unique_ids, scores)
+        bad = self._nonfinite_flag(scores)
         n_queries = positives.any(dim=1).sum()
         if world_size > 1:
-            n_queries = n_queries.clone()
-            torch.distributed.all_reduce(n_queries)
+            # one all-reduce for the count and the non-finite flag, so every rank raises together (no hang)
+            stats = torch.stack([n_queries.to(scores.dtype), bad.to(scores.dtype)])
+            torch.distributed.all_reduce(stats)
+            n_queries, bad = stats[0], stats[1] > 0
+        if bool(bad):
+            self._raise_nonfinite(query_embeddings, local_candidates, candidate_ids, "candidate")
+        scores, positives = self.prepare_candidates(scores, positives, sampled)
+        total = self.loss_fn(scores, positives, reduction="sum")
         # DDP averages gradients over ranks, hence the factor world_size: mean_r(loss_r) = global sum / global count.
         return total * world_size / n_queries.clamp_min(1).to(total.dtype)
+
+    def compute_loss_against_labels(
+        self, query_embeddings: Tensor, label_embeddings: Tensor, query_ids: Tensor, positive_ids: Tensor
+    ) -> Tensor:
+        """Mean loss of the batch's queries against every label: ``label_embeddings`` is L × d, row = label id.
+
+        The positives of query b are its row of ``label_matrix`` (if set) plus its sampled ``positive_ids[b]``; they
+        never count as negatives. Scores in fp32 with this loss's similarity and scale (no log-prior correction:
+        scoring every label has no sampling bias). For the 'all_cached' mode: pass the cached table with the batch's
+        positives' rows replaced by fresh embeddings (with grad).
+        """
+        device = query_embeddings.device
+        query_ids = torch.as_tensor(query_ids, device=device).long().reshape(-1)
+        positive_ids = torch.as_tensor(positive_ids, device=device).long().reshape(-1)
+        batch, num_labels = query_embeddings.shape[0], label_embeddings.shape[0]
+        if query_ids.shape[0] != batch or positive_ids.shape[0] != batch:
+            raise ValueError(f"query_ids and positive_ids need one entry per query ({batch})")
+        if bool(((positive_ids < 0) | (positive_ids >= num_labels)).any()):
+            raise ValueError(f"positive_ids must lie in [0, {num_labels}), got {positive_ids.tolist()[:10]}")
+        scores = self.score(query_embeddings, label_embeddings)
+        if bool(self._nonfinite_flag(scores)):
+            self._raise_nonfinite(query_embeddings, label_embeddings, None, "label")
+        row_index = torch.arange(batch, device=device)
+        positives = torch.zeros(batch, num_labels, dtype=torch.bool, device=device)
+        if self.label_matrix is not None:
+            if self.label_matrix.shape[1] != num_labels:
+                raise ValueError(
+                    f"label_embeddings has {num_labels} rows but the label matrix has {self.label_matrix.shape[1]} "
+                    "label columns"
+                )
+            rows, cols = self.label_matrix_pairs(query_ids)
+            positives[rows, cols] = True
+        positives[row_index, positive_ids] = True
+        sampled = torch.zeros_like(positives)
+        sampled[row_index, positive_ids] = True
+        scores, positives = self.prepare_candidates(scores, positives, sampled)
+        return self.loss_fn(scores, positives, reduction="mean")
+
+    def score(self, query_embeddings: Tensor, label_embeddings: Tensor) -> Tensor:
+        """``scale * similarity_fct(q, l)`` in fp32 even under fp16/bf16 autocast (fp16 logits at scale 20 lose
+        digits; the reference scores in fp32 too)."""
+        with torch.autocast(device_type=query_embeddings.device.type, enabled=False):
+            return self.similarity_fct(_at_least_fp32(query_embeddings), _at_least_fp32(label_embeddings)) * self.scale
+
+    @staticmethod
+    def _nonfinite_flag(scores: Tensor) -> Tensor:
+        """A 0-dim bool tensor (no host sync yet): any NaN/inf score. Non-finite embeddings always show up here."""
+        return ~torch.isfinite(scores).all()
+
+    def _raise_nonfinite(self, queries: Tensor, labels: Tensor, label_ids: Tensor | None, what: str) -> None:
+        def bad_rows(x: Tensor) -> list[int]:
+            return (~torch.isfinite(x.detach())).reshape(x.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+
+        q_rows, l_rows = bad_rows(queries), bad_rows(labels)
+        parts = []
+        if q_rows:
+            parts.append(f"query embeddings (batch rows {q_rows[:10]})")
+        if l_rows:
+            ids = f", label ids {label_ids[l_rows[:10]].tolist()}" if label_ids is not None else ""
+            parts.append(f"{what} label embeddings (rows {l_rows[:10]}{ids})")
+        where = " and ".join(parts) or f"scores (scale={self.scale}: the similarities overflow)"
+        raise FloatingPointError(
+            f"{type(self).__name__}: NaN or inf in the {where}; refusing to return a non-finite loss. Check the "
+            "inputs, the learning rate (diverged weights) and fp16 overflow."
+        )
 
     def _positives_mask(
         self, query_ids: Tensor, all_query_ids: Tensor, positive_ids: Tensor, unique_ids: Tensor
     ) -> Tensor:
-        """Bool (B, C) mask: candidate c is a positive of query b.
+        """Bool (B, C) mask on ``query_ids``' device: candidate c is a positive of query b.
 
         Always: the positive label of every batch row with the same query id (so a query's own positive, or one
         sampled for it in another row, is never its negative). With a label matrix: also every label in the
-        query's row of the matrix, looked up vectorised (CSR row slice + searchsorted over the sorted candidates).
+        query's row of the matrix (CSR row gather + searchsorted over the sorted candidate ids, all torch ops).
         """
-        unique_np = unique_ids.numpy()
-        n_unique = len(unique_np)
+        device = query_ids.device
+        all_query_ids, positive_ids, unique_ids = (t.to(device) for t in (all_query_ids, positive_ids, unique_ids))
+        n_unique = len(unique_ids)
         same_query = query_ids[:, None] == all_query_ids[None, :]
-        rows, others = same_query.nonzero(as_tuple=True)
         positive_columns = torch.searchsorted(unique_ids, positive_ids.contiguous())
-        positives = torch.zeros(len(query_ids), n_unique, dtype=torch.bool)
-        positives[rows, positive_columns[others]] = True
+        # positives[b, column of row j's positive] |= (row j has b's query id), as one scatter (no nonzero, no sync)
+        counts = torch.zeros(len(query_ids), n_unique, device=device)
+        counts.scatter_add_(1, positive_columns.expand(len(query_ids), -1), same_query.to(counts.dtype))
+        positives = counts > 0
         if self.label_matrix is not None:
-            q = query_ids.numpy()
-            n_queries = self.label_matrix.shape[0]
-            if q.size and (q.min() < 0 or q.max() >= n_queries):
-                bad = int(q[(q < 0) | (q >= n_queries)][0])
-                raise ValueError(
-                    f"label column: query_id {bad} is outside the label matrix, which has {n_queries} rows"
-                )
-            block = self.label_matrix[q]
-            row_of_entry = np.repeat(np.arange(len(q)), np.diff(block.indptr))
-            cols = np.searchsorted(unique_np, block.indices)
-            inside = cols < n_unique
-            hit = np.zeros_like(inside)
-            hit[inside] = unique_np[cols[inside]] == block.indices[inside]
-            positives[torch.from_numpy(row_of_entry[hit]), torch.from_numpy(cols[hit])] = True
+            rows, labels = self.label_matrix_pairs(query_ids)
+            cols = torch.searchsorted(unique_ids, labels).clamp_max(max(n_unique - 1, 0))
+            hit = unique_ids[cols] == labels if n_unique else torch.zeros_like(labels, dtype=torch.bool)
+            positives[rows[hit], cols[hit]] = True
         return positives
 
     def _log_prior_of(self, label_ids: Tensor | None, scores: Tensor) -> Tensor:
@@ -217,16 +355,46 @@ class XMCLoss(nn.Module):
         return self.label_log_prior.to(scores.device, scores.dtype)[label_ids.to(scores.device)]
 
     # ------------------------------------------------------------------------------------------------------------
+    def all_labels_engine(
+        self,
+        model: nn.Module,
+        label_texts: Sequence[str],
+        preprocess: Callable[[list[str]], dict],
+        label_chunk_size: int = 4096,
+        mini_batch_size: int | None = None,
+        ddp_grad_factor: float = 1.0,
+        show_progress_bar: bool = False,
+    ):
+        """The exact all-label loss of this loss's objective (see :class:`~dexml_hf.negatives.all_labels.AllLabelsLoss`).
+
+        ``model`` is what the engine calls (the trainer's possibly DDP-wrapped model); scale, similarity (cosine →
+        L2-normalised embeddings, dot → raw) and, for soft top-k, k / alpha / n_iter / max_positives come from this loss.
+        """
+        from dexml_hf.negatives.all_labels import AllLabelsLoss
+
+        return AllLabelsLoss.from_loss(
+            self,
+            model,
+            label_texts,
+            preprocess,
+            label_chunk_size=label_chunk_size,
+            mini_batch_size=mini_batch_size,
+            ddp_grad_factor=ddp_grad_factor,
+            show_progress_bar=show_progress_bar,
+        )
+
     def get_config_dict(self) -> dict[str, Any]:
-        config = {
-            "scale": self.scale,
-            "similarity_fct": similarity_fct_name(self.similarity_fct),
-            "gather_across_devices": self.gather_across_devices,
-            "logq_correction": self.logq_correction,
-            "label_matrix": None
-            if self.label_matrix is None
-            else f"{self.label_matrix.shape[0]}x{self.label_matrix.shape[1]} CSR",
-        }
+        """The constructor arguments of this class (and only those), as the model card shows them."""
+        config = {}
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name in ("self", "model", "show_progress_bar") or not hasattr(self, name):
+                continue
+            value = getattr(self, name)
+            if name == "similarity_fct":
+                value = similarity_fct_name(value)
+            elif name == "label_matrix":
+                value = None if value is None else f"{value.shape[0]}x{value.shape[1]} CSR"
+            config[name] = value
         return config
 
     @property

@@ -8,10 +8,13 @@ matches) during backward. Loss and gradients equal the uncached loss; memory is 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
-from sentence_transformers.base.losses.gradcache import CachedLossMixin
+from sentence_transformers.base.losses.gradcache import (
+    CachedLossMixin,
+    _validate_mini_batch_num_tokens,
+    has_static_embedding_input,
+)
 from torch import Tensor
 
 GRADCACHE_CITATION = """
@@ -26,6 +29,13 @@ GRADCACHE_CITATION = """
 """
 
 
+def _has_static_embedding(model) -> bool:
+    """sentence-transformers' guard, for models it can inspect (a SentenceTransformer, i.e. an nn.Sequential)."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)  # a DDP wrapper
+    return isinstance(inner, torch.nn.Sequential) and len(inner) > 0 and has_static_embedding_input(inner)
+
+
 class CachedXMCMixin(CachedLossMixin):
     """Turns any :class:`~dexml_hf.losses.base.XMCLoss` subclass into its GradCache version.
 
@@ -36,10 +46,14 @@ class CachedXMCMixin(CachedLossMixin):
     def _init_cache(
         self, mini_batch_size: int = 32, mini_batch_num_tokens: int | None = None, show_progress_bar: bool = False
     ) -> None:
+        if _has_static_embedding(self.model):
+            raise ValueError(
+                f"{type(self).__name__} is not compatible with a SentenceTransformer model based on a StaticEmbedding, "
+                "whose inputs cannot be split into mini-batches along a batch dimension. Use the uncached loss."
+            )
         if mini_batch_size <= 0:
             raise ValueError(f"mini_batch_size must be positive, got {mini_batch_size}")
-        if mini_batch_num_tokens is not None and mini_batch_num_tokens <= 0:
-            raise ValueError(f"mini_batch_num_tokens must be positive or None, got {mini_batch_num_tokens}")
+        _validate_mini_batch_num_tokens(mini_batch_num_tokens)
         self.mini_batch_size = mini_batch_size
         self.mini_batch_num_tokens = mini_batch_num_tokens
         self.show_progress_bar = show_progress_bar
@@ -54,18 +68,11 @@ class CachedXMCMixin(CachedLossMixin):
         self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
     ) -> Tensor:
         embeddings = [torch.cat(column) for column in reps]
-        loss = self.compute_loss_from_embeddings_list(embeddings, labels)
+        loss = self.compute_loss_from_embeddings(embeddings, labels)
         if with_backward:
             loss.backward()
             loss = loss.detach()
         return loss
-
-    def get_config_dict(self) -> dict[str, Any]:
-        return {
-            **super().get_config_dict(),
-            "mini_batch_size": self.mini_batch_size,
-            "mini_batch_num_tokens": self.mini_batch_num_tokens,
-        }
 
     @property
     def citation(self) -> str:

@@ -20,9 +20,10 @@ class CachedSoftTopKLoss(CachedXMCMixin, SoftTopKLoss):
         label_matrix: sp.spmatrix | None = None,
         gather_across_devices: bool = False,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
-        k: int = 5,
+        k: int | str = 5,
         alpha: float = 2.0,
         n_iter: int = 32,
+        max_positives: int | None = None,
         mini_batch_size: int = 32,
         mini_batch_num_tokens: int | None = None,
         show_progress_bar: bool = False,
@@ -43,6 +44,7 @@ class CachedSoftTopKLoss(CachedXMCMixin, SoftTopKLoss):
             k: Size of the soft top-k set.
             alpha: Sharpness of the sigmoid (2 in the reference).
             n_iter: Bisection steps for the threshold.
+            max_positives: At most this many positives per query each step, as in :class:`SoftTopKLoss`.
             mini_batch_size: Rows embedded at once; bounds memory, not the loss.
             mini_batch_num_tokens: Alternatively, a token budget per mini-batch.
             show_progress_bar: Show a progress bar over the mini-batches.
@@ -76,5 +78,7 @@ class CachedSoftTopKLoss(CachedXMCMixin, SoftTopKLoss):
                 model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
                 loss = CachedSoftTopKLoss(model, k=5, mini_batch_size=64)
         """
-        super().__init__(model, scale, label_matrix, gather_across_devices, similarity_fct, k, alpha, n_iter)
+        super().__init__(
+            model, scale, label_matrix, gather_across_devices, similarity_fct, k, alpha, n_iter, max_positives
+        )
         self._init_cache(mini_batch_size, mini_batch_num_tokens, show_progress_bar)

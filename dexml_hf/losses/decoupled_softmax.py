@@ -13,6 +13,8 @@ from dexml_hf.losses.base import XMCLoss
 
 
 class DecoupledSoftmaxLoss(XMCLoss):
+    all_labels_objective = "decoupled_softmax"
+
     def __init__(
         self,
         model: nn.Module,

@@ -13,6 +13,8 @@ from dexml_hf.losses.base import XMCLoss
 
 
 class SoftmaxLoss(XMCLoss):
+    all_labels_objective = "softmax"
+
     def __init__(
         self,
         model: nn.Module,

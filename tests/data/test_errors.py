@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from dexml_hf.errors import DataError
 from dexml_hf.data import read_bow, read_csv, read_lf, read_pecos, read_sparse, read_wiki500k
 
 
@@ -316,5 +317,5 @@ def test_pecos_shape_mismatch(tmp_path):
 
 def test_missing_files_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="lbl.json.gz"):
+    with pytest.raises(DataError, match="lbl.json.gz"):
         read_lf(tmp_path / "empty")

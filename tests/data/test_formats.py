@@ -95,6 +95,7 @@ def test_round_trip_hub_folder(tmp_path):
     ds.save_to_folder(tmp_path / "hub")
     assert detect_format(tmp_path / "hub") == "hub"
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == [
+        ".dexml_hf_dataset.json",
         "README.md",
         "filters",
         "labels",

@@ -1,0 +1,596 @@
+"""Retrieval-augmented prediction (RAE-XMC): the training queries as a memory beside the label index.
+
+The memory keeps the embeddings of the training queries and their (binarised) label matrix ``Y``. A query ``q``
+scores label ``l`` as
+
+    fused(q, l) = λ · s(q, l) + (1 − λ) · Σ_{q' ∈ kNN_k(q)} w(q, q') · Y[q', l],
+    w(q, q') = exp(sim(q, q') / T) / Σ_{q'' ∈ kNN_k(q)} exp(sim(q, q'') / T),
+
+where ``s(q, l)`` is exactly the score :meth:`LabelIndex.search` ranks by: the inner product of the query embedding
+with the label embedding — the **cosine** for a normalised (cosine) model, the raw dot product for a ``dot`` model
+(never divided by the training temperature τ). ``sim(q, q')`` is the same inner product between query embeddings,
+``kNN_k(q)`` the ``k`` memory queries with the largest ``sim`` (exact, ties to the lower row), ``T`` the retrieval
+temperature and ``Y`` binary (``Y[q', l] = 1`` iff ``l`` is a positive of ``q'``, whatever relevance the dataset
+stores). So for a cosine model ``s ∈ [−1, 1]`` and the neighbour term ``∈ [0, 1]``: the two are on comparable
+scales, and ``λ`` is chosen on validation data (:func:`tune_retrieval`). ``λ = 1`` is plain dual-encoder search.
+
+Scaling. Neighbours come from :func:`~dexml_hf.evaluation.topk.chunked_topk` (exact, chunked), test queries are
+processed ``query_chunk`` at a time, and the neighbour term of a chunk is a sparse ``chunk × L`` matrix
+(``W @ Y`` with ``k`` weights a row), so no ``n_test × n_train`` or ``n_test × L`` dense matrix is built. The exact
+fused top-``d`` of a query is found among ``top-d of s`` ∪ ``support of the neighbour term``: a label outside the
+support has ``fused = λ·s``, and every label ranking above it by ``s`` ranks above it by ``fused`` too (the neighbour
+term is ≥ 0), so it can only be in the fused top-``d`` if it is in the top-``d`` by ``s``. Ties go to the lower label
+id, as in :meth:`LabelIndex.search`.
+
+Files (written by :meth:`LabelIndex.save` beside the label embeddings): ``memory.safetensors`` with tensors
+``embeddings`` (n × d), ``label_indptr`` (n + 1, int64), ``label_indices`` (nnz, int64), and a ``"memory"`` entry in
+``label_index.json`` with the shape, ``lam``, ``k``, ``temperature`` and how they were chosen. The memory holds
+embeddings of the training queries: publishing it publishes (an encoding of) them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from dexml_hf.index import LabelIndex
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_GRID",
+    "MEMORY_FILE",
+    "RetrievalMemory",
+    "fused_topk",
+    "neighbour_term",
+    "tune_retrieval",
+]
+
+MEMORY_FILE = "memory.safetensors"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: the grid :func:`tune_retrieval` searches by default (λ = 1 is the plain dual encoder, so it can win)
+DEFAULT_GRID: dict[str, tuple] = {
+    "lam": (0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    "k": (5, 10, 20, 50),
+    "temperature": (0.02, 0.05, 0.1),
+}
+
+
+def _binary_csr(matrix, n_rows: int | None = None) -> sp.csr_matrix:
+    mat = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    mat.eliminate_zeros()
+    mat.sum_duplicates()
+    mat.data = np.ones_like(mat.data)
+    mat.sort_indices()
+    if n_rows is not None and mat.shape[0] != n_rows:
+        raise ValueError(f"label matrix has {mat.shape[0]} rows but the memory has {n_rows} query embeddings")
+    return mat
+
+
+def _check_params(lam: float, k: int, temperature: float) -> None:
+    if not 0.0 < float(lam) <= 1.0:
+        raise ValueError(f"lam must be in (0, 1] (1 = the dual encoder alone), got {lam!r}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k (neighbours) must be a positive integer, got {k!r}")
+    if not float(temperature) > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
+class RetrievalMemory:
+    """Training-query embeddings and their label matrix, for retrieval-augmented scoring (see the module doc).
+
+    Args:
+        embeddings: ``(n, d)`` embeddings of the memory queries, made like the index's queries (same model, query
+            prompt, normalisation).
+        label_matrix: ``(n, L)`` sparse label matrix of those queries (binarised here).
+        lam: weight ``λ`` of the dual-encoder score (``1 − λ`` goes to the neighbour term), in ``(0, 1]``.
+        k: neighbours per query.
+        temperature: ``T`` of the softmax over the neighbours' similarities.
+        normalized: whether the embeddings are L2-normalised (stored as given; :meth:`from_texts` normalises them
+            for a cosine model); queries searched against them are then normalised too.
+        dtype: storage of the embeddings, ``"float32"`` or ``"float16"``; similarities are computed in fp32.
+        tuning: how ``lam``/``k``/``temperature`` were chosen (written by :func:`tune_retrieval`; saved as is).
+
+    Example::
+
+        memory = RetrievalMemory.from_texts(model, xmc.query_texts("train"), xmc.label_matrices["train"])
+        index = LabelIndex.from_texts(model, xmc.label_texts(), memory=memory)
+        scores, ids = index.search(index.encode_queries(model, ["a test document"]), k=5)  # fused scores
+    """
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor | np.ndarray,
+        label_matrix,
+        lam: float = 0.8,
+        k: int = 20,
+        temperature: float = 0.05,
+        normalized: bool = True,
+        dtype: str = "float32",
+        tuning: dict[str, Any] | None = None,
+    ):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        emb = torch.as_tensor(embeddings).detach().cpu()
+        if emb.ndim != 2 or emb.shape[0] == 0:
+            raise ValueError(f"memory embeddings must be a non-empty (n, d) matrix, got shape {tuple(emb.shape)}")
+        self.embeddings = emb.to(_DTYPES[dtype]).contiguous()
+        self.dtype = dtype
+        self.label_matrix = _binary_csr(label_matrix, self.embeddings.shape[0])
+        self.normalized = bool(normalized)
+        self.set_params(lam, k, temperature)
+        self.tuning = dict(tuning) if tuning else None
+
+    def set_params(self, lam: float | None = None, k: int | None = None, temperature: float | None = None) -> None:
+        """Change ``λ``, ``k`` or ``T`` (validated)."""
+        lam = self.__dict__.get("lam") if lam is None else float(lam)
+        k = self.__dict__.get("k") if k is None else int(k)
+        temperature = self.__dict__.get("temperature") if temperature is None else float(temperature)
+        _check_params(lam, k, temperature)
+        self.lam, self.k, self.temperature = float(lam), int(k), float(temperature)
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"RetrievalMemory(n_queries={len(self)}, n_labels={self.num_labels}, dim={self.dim}, lam={self.lam}, "
+            f"k={self.k}, temperature={self.temperature}, normalized={self.normalized})"
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    @property
+    def num_labels(self) -> int:
+        return self.label_matrix.shape[1]
+
+    @classmethod
+    def from_texts(
+        cls,
+        model: SentenceTransformer,
+        texts: Sequence[str],
+        label_matrix,
+        batch_size: int = 64,
+        normalize: bool | None = None,
+        show_progress_bar: bool | None = None,
+        **kwargs,
+    ) -> RetrievalMemory:
+        """Embed the memory queries with ``model`` (as queries: its query prompt, its normalisation)."""
+        from dexml_hf.index import encode_texts, resolve_normalize
+
+        normalized = resolve_normalize(model, normalize)
+        emb = encode_texts(model, texts, "query", batch_size, normalized, show_progress_bar)
+        return cls(emb, label_matrix, normalized=normalized, **kwargs)
+
+    @classmethod
+    def from_xmc(
+        cls, model: SentenceTransformer, xmc, split: str = "train", query_mode: str = "title", **kwargs
+    ) -> RetrievalMemory:
+        """The memory of an :class:`~dexml_hf.data.XMCDataset` split (its query texts and label matrix)."""
+        return cls.from_texts(model, xmc.query_texts(split, query_mode), xmc.label_matrices[split], **kwargs)
+
+    def select(self, rows: np.ndarray) -> RetrievalMemory:
+        """A memory of the given rows only (same parameters)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return RetrievalMemory(
+            self.embeddings[torch.from_numpy(rows)],
+            self.label_matrix[rows],
+            self.lam,
+            self.k,
+            self.temperature,
+            normalized=self.normalized,
+            dtype=self.dtype,
+            tuning=self.tuning,
+        )
+
+    # ---- scoring --------------------------------------------------------------------------------------------
+
+    def _queries(self, query_embeddings) -> torch.Tensor:
+        q = torch.as_tensor(query_embeddings).detach().to("cpu", torch.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query embeddings have shape {tuple(q.shape)}, expected (n, {self.dim})")
+        return torch.nn.functional.normalize(q, dim=1) if self.normalized else q
+
+    def neighbours(self, query_embeddings, k: int | None = None, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``k`` nearest memory queries: ``(similarities (n, k) float32, rows (n, k) int64)``, best first.
+
+        ``exclude``: ``(query_row, memory_row)`` pairs (or an ``n × N`` sparse matrix) that may not be neighbours
+        (e.g. a training query itself). Places left empty have row ``-1`` and similarity ``-inf``.
+        """
+        k = self.k if k is None else int(k)
+        sims, rows = chunked_topk(self._queries(query_embeddings), self.embeddings, min(k, len(self)), exclude=exclude)
+        return sims.numpy(), rows.numpy()
+
+    def neighbour_term(self, sims: np.ndarray, rows: np.ndarray, k: int | None = None, temperature=None):
+        """``Σ_{q' ∈ kNN_k} w(q, q') Y[q', :]`` as a sparse ``(n, L)`` CSR, from :meth:`neighbours`' output."""
+        k = self.k if k is None else int(k)
+        temperature = self.temperature if temperature is None else float(temperature)
+        return neighbour_term(sims[:, :k], rows[:, :k], self.label_matrix, temperature)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "embeddings": self.embeddings,
+            "label_indptr": torch.from_numpy(self.label_matrix.indptr.astype(np.int64)),
+            "label_indices": torch.from_numpy(self.label_matrix.indices.astype(np.int64)),
+        }
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "file": MEMORY_FILE,
+            "n_queries": len(self),
+            "n_labels": self.num_labels,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "normalized": self.normalized,
+            "lam": self.lam,
+            "k": self.k,
+            "temperature": self.temperature,
+            "label_matrix": "binary",
+            "tuning": self.tuning,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``memory.safetensors`` into the folder ``path`` (the parameters go into ``label_index.json``)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(self.state_tensors(), str(path / MEMORY_FILE), metadata={"format": "dexml_hf.retrieval_memory"})
+        return path / MEMORY_FILE
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config: dict[str, Any]) -> RetrievalMemory:
+        """Read ``memory.safetensors`` from the folder ``path`` with the ``"memory"`` entry of the index config."""
+        from safetensors.torch import load_file
+
+        file = Path(path) / config.get("file", MEMORY_FILE)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is missing: label_index.json declares a retrieval memory")
+        tensors = load_file(str(file))
+        missing = {"embeddings", "label_indptr", "label_indices"} - set(tensors)
+        if missing:
+            raise ValueError(f"{file}: missing tensors {sorted(missing)}")
+        emb = tensors["embeddings"]
+        n, n_labels = config["n_queries"], config["n_labels"]
+        indptr = tensors["label_indptr"].numpy()
+        indices = tensors["label_indices"].numpy()
+        if emb.shape[0] != n or len(indptr) != n + 1 or int(indptr[-1]) != len(indices):
+            raise ValueError(
+                f"{file}: {emb.shape[0]} embeddings / {len(indptr) - 1} label rows, but the config says {n} queries"
+            )
+        matrix = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(n, n_labels))
+        return cls(
+            emb,
+            matrix,
+            lam=config["lam"],
+            k=config["k"],
+            temperature=config["temperature"],
+            normalized=config.get("normalized", False),
+            dtype=config.get("dtype", "float32"),
+            tuning=config.get("tuning"),
+        )
+
+
+def neighbour_term(sims: np.ndarray, rows: np.ndarray, label_matrix: sp.csr_matrix, temperature: float):
+    """``R = W @ Y``: ``W[i, rows[i, j]] = softmax_j(sims[i, :] / T)`` over the valid neighbours (row ``>= 0``)."""
+    sims = np.asarray(sims, dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.int64)
+    n, k = rows.shape
+    valid = rows >= 0
+    logits = np.where(valid, sims / float(temperature), -np.inf)
+    top = np.max(logits, axis=1, keepdims=True) if k else np.zeros((n, 1))
+    top = np.where(np.isfinite(top), top, 0.0)
+    weights = np.where(valid, np.exp(logits - top), 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    w = sp.csr_matrix(
+        (weights[valid], (np.repeat(np.arange(n), k)[valid.ravel()], rows[valid])),
+        shape=(n, label_matrix.shape[0]),
+    )
+    out = (w @ label_matrix).tocsr()
+    out.sort_indices()
+    return out
+
+
+def _gather_scores(q: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``<q[rows], labels[cols]>`` in fp32, in pieces so the gathered ``(m, d)`` blocks stay small."""
+    out = np.empty(len(rows), dtype=np.float32)
+    step = 1 << 16
+    for s in range(0, len(rows), step):
+        r = torch.from_numpy(rows[s : s + step])
+        c = torch.from_numpy(cols[s : s + step])
+        out[s : s + step] = (q[r] * labels[c].float()).sum(dim=1).numpy()
+    return out
+
+
+def fused_topk(
+    q: torch.Tensor,
+    label_embeddings: torch.Tensor,
+    k: int,
+    lam: float,
+    term: sp.csr_matrix,
+    base: tuple[np.ndarray, np.ndarray],
+    exclude: sp.csr_matrix | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact fused top-``k`` of one query chunk (see the module doc for why the candidates suffice).
+
+    Args:
+        q: ``(n, d)`` query embeddings, already normalised as the index expects.
+        label_embeddings: ``(L, d)``.
+        lam: ``λ``.
+        term: the neighbour term, sparse ``(n, L)``.
+        base: ``(scores, ids)`` of the top-``k`` labels by ``s`` (excluded pairs already removed).
+        exclude: boolean CSR ``(n, L)`` of pairs to remove.
+    """
+    n, n_labels = q.shape[0], label_embeddings.shape[0]
+    base_ids = base[1]
+    k = min(k, n_labels)
+    b_rows = np.repeat(np.arange(n, dtype=np.int64), base_ids.shape[1])
+    b_cols = base_ids.ravel().astype(np.int64)
+    keep = b_cols >= 0
+    t = term.tocoo()
+    rows = np.concatenate([b_rows[keep], t.row.astype(np.int64)])
+    cols = np.concatenate([b_cols[keep], t.col.astype(np.int64)])
+    keys = np.unique(rows * n_labels + cols)
+    rows, cols = keys // n_labels, keys % n_labels
+    if exclude is not None and exclude.nnz:
+        ex = exclude.tocoo()
+        dropped = np.isin(keys, ex.row.astype(np.int64) * n_labels + ex.col.astype(np.int64))
+        rows, cols, keys = rows[~dropped], cols[~dropped], keys[~dropped]
+    s = _gather_scores(q, label_embeddings, rows, cols).astype(np.float64)
+    r = np.zeros(len(keys))
+    if t.nnz:
+        t_keys = t.row.astype(np.int64) * n_labels + t.col.astype(np.int64)
+        order = np.argsort(t_keys)
+        pos = np.searchsorted(t_keys[order], keys)
+        pos = np.minimum(pos, len(t_keys) - 1)
+        hit = t_keys[order][pos] == keys
+        r[hit] = t.data[order][pos[hit]]
+    fused = (lam * s + (1.0 - lam) * r).astype(np.float32)
+    order = np.lexsort((cols, -fused, rows))  # by row, then score descending, then lower label id
+    rows, cols, fused = rows[order], cols[order], fused[order]
+    starts = np.searchsorted(rows, np.arange(n))
+    rank = np.arange(len(rows)) - starts[rows]
+    sel = rank < k
+    out_ids = np.full((n, k), -1, dtype=np.int64)
+    out_scores = np.full((n, k), -np.inf, dtype=np.float32)
+    out_ids[rows[sel], rank[sel]] = cols[sel]
+    out_scores[rows[sel], rank[sel]] = fused[sel]
+    return out_scores, out_ids
+
+
+def search_with_memory(
+    index: LabelIndex,
+    memory: RetrievalMemory,
+    q: torch.Tensor,
+    k: int,
+    exclude=None,
+    query_chunk: int = 4096,
+    lam: float | None = None,
+    knn_k: int | None = None,
+    temperature: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fused top-``k`` for queries ``q`` (normalised as the index expects), ``query_chunk`` queries at a time."""
+    if memory.dim != index.dim or memory.num_labels != len(index):
+        raise ValueError(
+            f"memory ({memory.dim} dims, {memory.num_labels} labels) does not match the index "
+            f"({index.dim} dims, {len(index)} labels)"
+        )
+    lam = memory.lam if lam is None else float(lam)
+    knn_k = memory.k if knn_k is None else int(knn_k)
+    temperature = memory.temperature if temperature is None else float(temperature)
+    _check_params(lam, knn_k, temperature)
+    n = q.shape[0]
+    k = min(int(k), len(index))
+    excluded = exclude_to_csr(exclude, n, len(index))
+    out_scores = np.empty((n, k), dtype=np.float32)
+    out_ids = np.empty((n, k), dtype=np.int64)
+    for q0 in range(0, n, query_chunk):
+        q1 = min(n, q0 + query_chunk)
+        qc = q[q0:q1]
+        ex = excluded[q0:q1] if excluded is not None else None
+        base = chunked_topk(qc, index.embeddings, k, exclude=ex)
+        base = (base[0].numpy(), base[1].numpy())
+        if lam == 1.0:
+            out_scores[q0:q1], out_ids[q0:q1] = base
+            continue
+        sims, rows = memory.neighbours(qc, knn_k)
+        term = neighbour_term(sims, rows, memory.label_matrix, temperature)
+        out_scores[q0:q1], out_ids[q0:q1] = fused_topk(qc, index.embeddings, k, lam, term, base, ex)
+    return out_scores, out_ids
+
+
+# ---- choosing λ, k and T on validation data -----------------------------------------------------------------
+
+
+@dataclass
+class TuningResult:
+    """What :func:`tune_retrieval` chose and every grid point's value of the metric."""
+
+    lam: float
+    k: int
+    temperature: float
+    metric: str
+    value: float
+    baseline: float
+    split: str
+    n_queries: int
+    grid: list[dict[str, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "dual_encoder_value": self.baseline,
+            "split": self.split,
+            "n_queries": self.n_queries,
+            "grid": self.grid,
+        }
+
+
+def grid_search(
+    index: LabelIndex,
+    memory: RetrievalMemory,
+    query_embeddings,
+    truth,
+    metric: str = "precision@1",
+    grid: dict[str, Iterable] | None = None,
+    inv_propensity: np.ndarray | None = None,
+    exclude=None,
+    split: str = "validation",
+) -> TuningResult:
+    """Evaluate every ``(λ, k, T)`` of ``grid`` on the given (validation) queries and pick the best by ``metric``.
+
+    The neighbours (for the largest ``k``) and the dual-encoder top-``d`` are computed once; each grid point only
+    re-weights and re-ranks. Ties in the metric go to the earlier grid point (grid order: ``λ`` descending first,
+    so a tie prefers the plainer model).
+    """
+    from dexml_hf.evaluation.metrics import xmc_metrics
+
+    grid = {**DEFAULT_GRID, **(grid or {})}
+    lams = sorted({float(x) for x in grid["lam"]}, reverse=True)
+    ks_nn = sorted({int(x) for x in grid["k"]})
+    temps = sorted({float(x) for x in grid["temperature"]})
+    for lam, knn, temp in itertools.product(lams, ks_nn, temps):
+        _check_params(lam, knn, temp)
+    family, _, at = metric.partition("@")
+    if not at.isdigit():
+        raise ValueError(f"metric must look like 'precision@1' or 'psp@5', got {metric!r}")
+    depth = min(len(index), max(int(at), 5))
+    truth = sp.csr_matrix(truth)
+    q = index._prepare_queries(query_embeddings)
+    if truth.shape[0] != q.shape[0]:
+        raise ValueError(f"truth has {truth.shape[0]} rows for {q.shape[0]} queries")
+    excluded = exclude_to_csr(exclude, q.shape[0], len(index))
+    base = chunked_topk(q, index.embeddings, depth, exclude=excluded)
+    base = (base[0].numpy(), base[1].numpy())
+    sims, rows = memory.neighbours(q, max(ks_nn))
+
+    def value(ids: np.ndarray) -> float:
+        ks = sorted({1, 3, 5, int(at)})
+        return float(xmc_metrics(ids, truth, ks=ks, inv_propensity=inv_propensity)[metric])
+
+    baseline = value(base[1])
+    points = [(1.0, None, None)] if 1.0 in lams else []  # λ = 1 ignores k and T: one point
+    points += [p for p in itertools.product(lams, ks_nn, temps) if p[0] != 1.0]
+    results, best = [], None
+    for lam, knn, temp in points:
+        if lam == 1.0:
+            v = baseline
+        else:
+            term = neighbour_term(sims[:, :knn], rows[:, :knn], memory.label_matrix, temp)
+            v = value(fused_topk(q, index.embeddings, depth, lam, term, base, excluded)[1])
+        results.append({"lam": lam, "k": knn, "temperature": temp, metric: v})
+        if best is None or v > best[0]:
+            best = (v, lam, knn, temp)
+    v, lam, knn, temp = best
+    if lam == 1.0:  # keep the memory's own k / T (unused at λ = 1)
+        knn, temp = memory.k, memory.temperature
+    return TuningResult(lam, knn, temp, metric, v, baseline, split, int(q.shape[0]), results)
+
+
+def tune_retrieval(
+    model: SentenceTransformer,
+    index: LabelIndex,
+    xmc,
+    metric: str = "precision@1",
+    grid: dict[str, Iterable] | None = None,
+    split: str | None = None,
+    holdout: int | float = 2000,
+    seed: int = 0,
+    query_mode: str = "title",
+    batch_size: int = 64,
+    inv_propensity: np.ndarray | None = None,
+    train_embeddings: torch.Tensor | None = None,
+    show_progress_bar: bool | None = None,
+) -> RetrievalMemory:
+    """Build the retrieval memory of ``xmc``'s train split, choose ``λ``, ``k`` and ``T`` on validation data,
+    attach the memory to ``index`` (``index.memory``) and return it. Never looks at the test split.
+
+    Validation data: the ``split`` given, else ``xmc``'s ``validation`` split when it has one. Without one, a
+    seeded random slice of ``holdout`` training queries (a count, or a fraction of train when < 1) is carved out:
+    while tuning, those queries are left out of the memory (so they cannot find themselves), and the returned
+    memory holds every training query. The choice is stored in ``memory.tuning`` (saved with the index).
+
+    Args:
+        metric: the metric maximised (a key of :func:`~dexml_hf.evaluation.xmc_metrics`, e.g. ``precision@1``,
+            ``psp@5``; PSP needs ``inv_propensity``, by default ``xmc.inv_propensity()``).
+        grid: ``{"lam": [...], "k": [...], "temperature": [...]}``, defaults from :data:`DEFAULT_GRID`.
+        train_embeddings: the train queries' embeddings if already computed (skips encoding them).
+    """
+    from dexml_hf.index import encode_texts
+
+    if "test" == split:
+        raise ValueError("tune_retrieval chooses λ, k and T on validation data; split='test' is not allowed")
+    train_matrix = xmc.label_matrices["train"]
+    if train_embeddings is None:
+        train_embeddings = encode_texts(
+            model, xmc.query_texts("train", query_mode), "query", batch_size, index.normalized, show_progress_bar
+        )
+    full = RetrievalMemory(train_embeddings, train_matrix, normalized=index.normalized, dtype=index.dtype)
+    if inv_propensity is None and metric.startswith("ps"):
+        inv_propensity = xmc.inv_propensity()
+    split = split or ("validation" if "validation" in xmc.label_matrices else None)
+    if split is not None:
+        if split not in xmc.label_matrices:
+            raise ValueError(f"dataset has no split {split!r}; splits: {sorted(xmc.label_matrices)}")
+        val_emb = encode_texts(
+            model, xmc.query_texts(split, query_mode), "query", batch_size, index.normalized, show_progress_bar
+        )
+        result = grid_search(
+            index,
+            full,
+            val_emb,
+            xmc.label_matrices[split],
+            metric,
+            grid,
+            inv_propensity,
+            exclude=(xmc.filters or {}).get(split),
+            split=split,
+        )
+    else:
+        n = len(full)
+        size = int(round(holdout * n)) if isinstance(holdout, float) and holdout < 1 else int(holdout)
+        if not 0 < size < n:
+            raise ValueError(f"holdout={holdout!r} must leave queries on both sides of {n} training queries")
+        rng = np.random.default_rng(seed)
+        held = np.zeros(n, dtype=bool)
+        held[rng.choice(n, size=size, replace=False)] = True
+        has_labels = np.diff(train_matrix.indptr) > 0
+        val_rows = np.flatnonzero(held & has_labels)
+        result = grid_search(
+            index,
+            full.select(np.flatnonzero(~held)),
+            full.embeddings[torch.from_numpy(val_rows)].float(),
+            train_matrix[val_rows],
+            metric,
+            grid,
+            inv_propensity,
+            split=f"train slice ({size} of {n} queries, seed {seed}, left out of the memory while tuning)",
+        )
+    full.set_params(result.lam, result.k, result.temperature)
+    full.tuning = result.as_dict()
+    logger.info(
+        f"retrieval: λ={result.lam}, k={result.k}, T={result.temperature} ({metric} {100 * result.value:.2f} vs "
+        f"{100 * result.baseline:.2f} for the dual encoder alone, on {result.split})"
+    )
+    index.memory = full
+    return full
