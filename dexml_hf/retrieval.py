@@ -474,7 +474,9 @@ def grid_search(
     family, _, at = metric.partition("@")
     if not at.isdigit():
         raise ValueError(f"metric must look like 'precision@1' or 'psp@5', got {metric!r}")
-    depth = min(len(index), max(int(at), 5))
+    depth = int(at)
+    if depth > len(index):
+        raise ValueError(f"metric {metric!r} needs at least {depth} labels; the index has {len(index)}")
     truth = sp.csr_matrix(truth)
     q = index._prepare_queries(query_embeddings)
     if truth.shape[0] != q.shape[0]:
@@ -485,8 +487,7 @@ def grid_search(
     sims, rows = memory.neighbours(q, max(ks_nn))
 
     def value(ids: np.ndarray) -> float:
-        ks = sorted({1, 3, 5, int(at)})
-        return float(xmc_metrics(ids, truth, ks=ks, inv_propensity=inv_propensity)[metric])
+        return float(xmc_metrics(ids, truth, ks=(depth,), inv_propensity=inv_propensity)[metric])
 
     baseline = value(base[1])
     points = [(1.0, None, None)] if 1.0 in lams else []  # λ = 1 ignores k and T: one point

@@ -166,6 +166,14 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         # The token authenticates uploads only: out of the arguments before anything can serialise them.
         self._hub_token, args.hub_token = args.hub_token, None
         self.xmc: XMCDataset | None = train_dataset if isinstance(train_dataset, XMCDataset) else None
+        # evaluation, propensities and the card use the dataset as given; training may add label-text rows
+        self.source_xmc: XMCDataset | None = self.xmc
+        if args.augment_with_label_texts:
+            if self.xmc is None:
+                raise UsageError("augment_with_label_texts needs an XMCDataset as train_dataset (its label texts)")
+            from dexml_hf.data.augment import augment_with_label_texts
+
+            self.xmc = augment_with_label_texts(self.xmc, args.label_cooccurrence_top, args.label_text_mode)
         self.epoch = 0
         self._shortlists: np.ndarray | None = None
         self._shortlist_epoch: int | None = None
@@ -176,6 +184,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         self._label_texts: list[str] | None = None
         self.test_metrics: dict[str, float] | None = None
         self.baseline_metrics: dict[str, float] | None = None
+        self.dual_encoder_metrics: dict[str, float] | None = None  # test metrics without the retrieval memory
         self.label_index = None
 
         if self.xmc is not None:
@@ -272,17 +281,18 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         card.negatives, card.temperature, card.top_k = args.negatives, args.temperature, args.top_k
         card.query_text_mode, card.label_text_mode = args.query_text_mode, args.label_text_mode
         card.add_tags(["dexml", "extreme-multi-label-classification", f"negatives-{args.negatives}"])
-        if self.xmc is not None:
-            card.dataset_name = card.dataset_name or self.xmc.name
-            card.dataset_is_synthetic = card.dataset_is_synthetic or self.xmc.name == "synthetic"
+        xmc = self.source_xmc
+        if xmc is not None:
+            card.dataset_name = card.dataset_name or xmc.name
+            card.dataset_is_synthetic = card.dataset_is_synthetic or xmc.name == "synthetic"
             if card.dataset_is_synthetic:
                 card.add_tags("synthetic-data")
-            card.num_labels = self.xmc.num_labels
-            card.num_train_queries = self.xmc.num_queries("train")
+            card.num_labels = xmc.num_labels
+            card.num_train_queries = xmc.num_queries("train")
             if args.test_split:
                 card.eval_split = args.test_split
-                card.filtered = bool(len(self.xmc.filters.get(args.test_split, ())))
-                texts = self.xmc.query_texts(args.test_split, args.query_text_mode)[:100]
+                card.filtered = bool(len(xmc.filters.get(args.test_split, ())))
+                texts = xmc.query_texts(args.test_split, args.query_text_mode)[:100]
                 card.example_query = next((t for t in texts if t.strip()), card.example_query)
         card.set_model(self.model)
 
@@ -310,7 +320,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         if isinstance(eval_dataset, str):
             if self.xmc is None or eval_dataset not in self.xmc.splits:
                 raise UsageError(f"eval_dataset={eval_dataset!r} is not a split of the training XMCDataset")
-            return self.xmc, eval_dataset
+            return self.source_xmc, eval_dataset
         return None, None
 
     @staticmethod
@@ -329,15 +339,20 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         )
 
     def evaluate_test(self, build_index: bool = True) -> dict[str, float]:
-        """Exact top-k of ``args.test_split`` over every label with the current model; keeps the label index."""
+        """Exact top-k of ``args.test_split`` over every label with the current model; keeps the label index.
+
+        With ``args.retrieval_memory`` (and ``build_index``) the training queries become the index's retrieval memory,
+        λ, k and T are chosen on validation data (:func:`~dexml_hf.retrieval.tune_retrieval`), and the returned
+        metrics are the retrieval-augmented ones (``self.dual_encoder_metrics`` keeps the plain ones)."""
         from dexml_hf.index import LabelIndex
 
         args = self.args
+        xmc = self.source_xmc
         inv_p = None
-        if "train" in self.xmc.label_matrices:
-            inv_p = self.xmc.inv_propensity(args.propensity_a, args.propensity_b)
+        if "train" in xmc.label_matrices:
+            inv_p = xmc.inv_propensity(args.propensity_a, args.propensity_b)
         evaluator = self._make_evaluator(
-            self.xmc,
+            xmc,
             args.test_split,
             args,
             max_queries=args.max_test_samples,
@@ -346,11 +361,28 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             write_csv=False,
         )
         index = LabelIndex.from_texts(
-            self.model, evaluator.label_texts, label_ids=self.xmc.labels["uid"], batch_size=args.encode_batch_size
+            self.model, evaluator.label_texts, label_ids=xmc.labels["uid"], batch_size=args.encode_batch_size
         )
         queries = index.encode_queries(self.model, evaluator.queries, batch_size=args.encode_batch_size)
         _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
         metrics = evaluator.compute_metrics(topk)
+        if build_index and args.retrieval_memory:
+            from dexml_hf.retrieval import tune_retrieval
+
+            tune_retrieval(
+                self.model,
+                index,
+                xmc,
+                metric=args.retrieval_metric,
+                holdout=min(args.retrieval_holdout, max(1, xmc.num_queries("train") // 5)),
+                seed=args.seed,
+                query_mode=args.query_text_mode,
+                batch_size=args.encode_batch_size,
+                inv_propensity=inv_p,
+            )
+            self.dual_encoder_metrics = metrics
+            _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
+            metrics = evaluator.compute_metrics(topk)
         if build_index:
             self.label_index = index
             card = self.model.model_card_data
@@ -481,6 +513,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         if self.test_metrics is not None:
             results = {"test_split": self.args.test_split, "metrics": self.test_metrics}
             results["untrained_metrics"] = self.baseline_metrics
+            if self.dual_encoder_metrics is not None and self.label_index.memory is not None:
+                memory = self.label_index.memory
+                results["dual_encoder_metrics"] = self.dual_encoder_metrics
+                results["retrieval"] = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
+                results["retrieval"]["tuning"] = memory.tuning
             (target / EVAL_RESULTS).write_text(json.dumps(results, indent=2), encoding="utf-8")
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:

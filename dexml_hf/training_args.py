@@ -164,6 +164,44 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
     propensity_b: float | None = field(
         default=None, metadata={"help": "Propensity B for PSP@k (unset: the dataset family's default)."}
     )
+    # --- label-text augmentation (Gandalf) ----------------------------------------------------------------------
+    augment_with_label_texts: bool = field(
+        default=False,
+        metadata={
+            "help": "Add every label's text as an extra training query whose positive is the label itself (and its "
+            "`label_cooccurrence_top` most co-occurring labels); labels never seen in train are included. Works with "
+            "every negatives mode; evaluation and propensities use the original dataset (dexml_hf.data.augment)."
+        },
+    )
+    label_cooccurrence_top: int = field(
+        default=0,
+        metadata={
+            "help": "With `augment_with_label_texts`: also make each label's row positive for the labels it "
+            "co-occurs with most in train (this many), with relevance P(other | label); use "
+            "positive_sampling='relevance' to sample by it. 0: the label only."
+        },
+    )
+    # --- retrieval-augmented prediction (RAE-XMC) ---------------------------------------------------------------
+    retrieval_memory: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, keep the training queries' embeddings and label matrix beside the label index "
+            "(label_index/memory.safetensors) and rank by lam*s(q,l) + (1-lam)*sum_kNN w*Y (dexml_hf.retrieval); "
+            "lam, k and the temperature are chosen on the 'validation' split, or on a held-out slice of train "
+            "(`retrieval_holdout` queries) when there is none — never on the test split."
+        },
+    )
+    retrieval_metric: str = field(
+        default="precision@1",
+        metadata={"help": "`retrieval_memory`: the validation metric maximised when choosing lam, k, T (e.g. psp@5)."},
+    )
+    retrieval_holdout: int = field(
+        default=2000,
+        metadata={
+            "help": "`retrieval_memory` without a validation split: training queries held out of the memory (seeded "
+            "by `seed`) to choose lam, k, T on."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._validate_dexml_fields()
@@ -198,6 +236,7 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
                     f"(per_device_train_batch_size={self.per_device_train_batch_size}, negatives={self.negatives!r}): "
                     "the soft top-k loss would be 0 at every step. Lower topk_k or raise the batch size."
                 )
+        self._validate_augmentation_and_retrieval()
         for name in ("max_test_samples", "top_k"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
@@ -249,6 +288,24 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
                 import faiss  # noqa: F401
             except ImportError as exc:
                 raise UsageError("use_faiss=True needs faiss: pip install 'dexml_hf[faiss]'") from exc
+
+    def _validate_augmentation_and_retrieval(self) -> None:
+        top = self.label_cooccurrence_top
+        if not isinstance(top, int) or isinstance(top, bool) or top < 0:
+            raise UsageError(f"label_cooccurrence_top must be an integer >= 0, got {top!r}")
+        if top and not self.augment_with_label_texts:
+            raise UsageError("label_cooccurrence_top needs augment_with_label_texts=True")
+        holdout = self.retrieval_holdout
+        if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout <= 0:
+            raise UsageError(f"retrieval_holdout must be a positive integer, got {holdout!r}")
+        family, _, at = str(self.retrieval_metric).partition("@")
+        if family not in ("precision", "ndcg", "recall", "psp", "psndcg", "mrr") or not at.isdigit() or int(at) < 1:
+            raise UsageError(
+                f"retrieval_metric={self.retrieval_metric!r}: expected <metric>@<k> with metric one of precision, "
+                "ndcg, recall, psp, psndcg, mrr (e.g. precision@1, psp@5)"
+            )
+        if self.retrieval_memory and self.test_split is None:
+            raise UsageError("retrieval_memory is stored with the label index, which needs test_split")
 
     def _validate_numbers(self) -> None:
         """The upstream numeric options that would otherwise fail late (ZeroDivisionError) or silently."""

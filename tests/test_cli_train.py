@@ -13,6 +13,7 @@ import yaml
 
 from dexml_hf.cli import main
 from dexml_hf.data.synthetic import _TOPICS, generate_synthetic_tables, generate_synthetic_xmc
+from dexml_hf.evaluation import xmc_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def test_cli_trains_evaluates_saves(tmp_path, tiny_model_path, capsys):
     rc = main(["train", "--config", str(recipe), "--output_dir", str(out), "--seed", "7"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "GENERATED" in printed and "| untrained |" in printed and "| trained |" in printed and "P@1" in printed
+    assert "| untrained |" in printed and "| **this model** |" in printed and "P@1" in printed
     assert not (tmp_path / "from-recipe").exists()
     for name in (
         "modules.json",
@@ -111,13 +112,20 @@ def test_cli_trains_evaluates_saves(tmp_path, tiny_model_path, capsys):
     index = LabelIndex.load(out / "label_index")
     tables = generate_synthetic_tables(num_labels=120, num_train=320, num_test=100, seed=0)
     assert f"queries = [{tables['splits']['test'][0][0]!r}]" in card  # the usage snippet asks a real test query
-    _, ids = index.search(index.encode_queries(model, tables["splits"]["test"][0]), k=100)
-    np.testing.assert_array_equal(ids, np.load(out / "test_topk.npy"))
+    data = generate_synthetic_xmc(num_labels=120, num_train=320, num_test=100, seed=0)
+    _, ids = index.search(index.encode_queries(model, data.query_texts("test")), k=100)
+    recomputed = xmc_metrics(ids, data.label_matrices["test"], ks=(1, 3, 5), inv_propensity=data.inv_propensity())
+    for key in ("precision@1", "precision@5", "ndcg@3", "psp@5", "recall@100"):
+        assert recomputed[key] == pytest.approx(trained[key], abs=1e-9), key
 
 
 def test_cli_bad_option_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--no_such_flag", "1"]) == 2
-    assert "no_such_flag" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no_such_flag" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main(["train", "--gradient_accumulation_steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "gradient_accumulation_steps" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -132,7 +140,7 @@ def test_accelerate_launch_cpu_config(tmp_path, tiny_model_path):
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| trained |" in proc.stdout and (out / "label_index" / "label_index.json").exists()
+    assert "| **this model** |" in proc.stdout and (out / "label_index" / "label_index.json").exists()
 
 
 def _popularity_precision_at_5(folder: Path) -> float:

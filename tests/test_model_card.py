@@ -95,7 +95,8 @@ def test_loss_object_fills_name_config_and_citation(tiny_model):
     card = DEXMLModelCardData()
     card.set_loss(SoftTopKLoss(tiny_model, scale=10.0, k=5))
     assert card.loss_name == "SoftTopKLoss" and card.loss_config["scale"] == 10.0
-    assert any("gupta2024" in c for c in card.citations)
+    assert any("gupta2024" in c for c in card.citations.values())
+    assert "SoftTopKLoss" in card.render() and "loss:SoftTopKLoss" in card.tags
 
 
 def test_synthetic_card_says_so():
@@ -116,7 +117,7 @@ def test_recipe_cards_rendered_into_model_cards(recipe):
     )
     if recipe.stem == "quickstart":
         rendered = ROOT / "model_cards" / "quickstart.md"
-    assert rendered.is_file(), f"render it: python -m dexml_hf.model_card --recipe {name} --output {rendered}"
+    assert rendered.is_file(), f"render it: dexml-hf card --recipe recipes/{name} --output {rendered}"
     body = rendered.read_text()
     if "model-index:" in body:  # a real run's card (quickstart, movielens): its metrics are in the header and table
         assert "| **this model** |" in body and "Not yet measured" not in body

@@ -9,15 +9,10 @@ import pytest
 import yaml
 
 from dexml_hf.cli import main
-from dexml_hf.config import (
-    DataArguments,
-    LossArguments,
-    ModelArguments,
-    parse_train_args,
-    redacted_args_dict,
-    resolve_model_path,
-    training_arguments_class,
-)
+from dexml_hf.config import DataArguments, ModelArguments, parse_train_args, public_args_dict
+from dexml_hf.errors import UsageError
+from dexml_hf.factory import resolve_model_path
+from dexml_hf.training_args import DEXMLTrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
@@ -42,12 +37,12 @@ def test_recipe_set_is_complete():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
 def test_every_recipe_parses(recipe):
     raw = yaml.safe_load(recipe.read_text())
-    model_args, data_args, loss_args, train_args = parse_train_args(["--config", str(recipe)])
+    model_args, data_args, train_args = parse_train_args(["--config", str(recipe)])
     assert isinstance(model_args, ModelArguments) and isinstance(data_args, DataArguments)
-    assert isinstance(loss_args, LossArguments) and isinstance(train_args, training_arguments_class())
+    assert isinstance(train_args, DEXMLTrainingArguments)
     # Every key of the file reached a dataclass with the file's value.
     merged = {}
-    for obj in (model_args, data_args, loss_args, train_args):
+    for obj in (model_args, data_args, train_args):
         merged.update({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
     for key, value in raw.items():
         got = merged[key]
@@ -72,7 +67,7 @@ PAPER = {
 @pytest.mark.parametrize("dataset", sorted(PAPER))
 def test_paper_recipes_match_the_paper(dataset):
     batch, chunk, lr, tau, normalize, max_len = PAPER[dataset]
-    m, d, loss, t = parse_train_args(["--config", str(ROOT / "recipes" / dataset / "distilbert.yaml")])
+    m, d, t = parse_train_args(["--config", str(ROOT / "recipes" / dataset / "distilbert.yaml")])
     assert (t.per_device_train_batch_size, t.label_chunk_size, t.learning_rate, t.temperature) == (
         batch,
         chunk,
@@ -83,7 +78,7 @@ def test_paper_recipes_match_the_paper(dataset):
     assert m.model_name_or_path == "distilbert-base-uncased"
     assert (t.num_train_epochs, t.weight_decay, t.warmup_steps, t.fp16) == (100, 0.01, 0.1, True)
     assert str(getattr(t.lr_scheduler_type, "value", t.lr_scheduler_type)) == "linear"
-    assert t.negatives == "all" and loss.loss == "decoupled_softmax"
+    assert t.negatives == "all" and t.loss == "decoupled_softmax"
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: p.stem)
@@ -99,17 +94,17 @@ def test_accelerate_configs_load(config):
 def test_cli_overrides_win_and_yaml_numbers(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("learning_rate: 5e-5\nnum_train_epochs: 3\npooling: cls\nnegatives: all\noutput_dir: a\n")
-    m, d, loss, t = parse_train_args(["--config", str(recipe), "--learning_rate", "1e-3", "--output_dir", "b"])
+    m, d, t = parse_train_args(["--config", str(recipe), "--learning_rate", "1e-3", "--output_dir", "b"])
     assert t.learning_rate == 1e-3 and t.num_train_epochs == 3 and t.output_dir == "b"
     assert m.pooling == "cls" and t.negatives == "all"
     # "5e-5" is a *string* to YAML; it still becomes the float 5e-5.
-    assert parse_train_args(["--config", str(recipe)])[3].learning_rate == 5e-5
+    assert parse_train_args(["--config", str(recipe)])[2].learning_rate == 5e-5
 
 
 def test_bad_recipes_are_rejected(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("learning_rate: 1e-4\nno_such_option: 3\n")
-    with pytest.raises(ValueError, match=r"bad\.yaml.*no_such_option"):
+    with pytest.raises(UsageError, match=r"bad\.yaml.*no_such_option"):
         parse_train_args(["--config", str(recipe)])
     recipe.write_text("- a list\n")
     with pytest.raises(ValueError, match="expected a mapping"):
@@ -120,12 +115,23 @@ def test_bad_recipes_are_rejected(tmp_path):
         parse_train_args(["--negatives", "some"])
     with pytest.raises(ValueError, match="logq_correction applies to the softmax losses"):
         parse_train_args(["--loss", "ova_bce", "--logq_correction", "true"])
+    with pytest.raises(UsageError, match="abbreviat|unrecognized|hub_tok"):  # abbreviations are refused
+        parse_train_args(["--hub_tok", "hf_abbreviated"])
+    for argv, match in [
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps"),
+        (["--learning_rate", "-1e-4"], "learning_rate"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size"),
+        (["--max_steps", "0", "--num_train_epochs", "0"], "nothing to train"),
+        (["--loss", "soft_topk", "--topk_k", "10", "--per_device_train_batch_size", "4"], "topk_k=10"),
+    ]:
+        with pytest.raises(UsageError, match=match):
+            parse_train_args(argv)
 
 
 def test_train_help_lists_every_option(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    for cls in (ModelArguments, DataArguments, LossArguments, training_arguments_class()):
+    for cls in (ModelArguments, DataArguments, DEXMLTrainingArguments):
         for f in dataclasses.fields(cls):
             if f.init and not f.name.startswith("_"):
                 assert f"--{f.name}" in out, f.name
@@ -136,8 +142,8 @@ def test_train_help_lists_every_option(capsys):
 def test_no_token_in_config_dump():
     secret = "hf_verySecretTokenValue123"
     parsed = parse_train_args(["--hub_token", secret, "--push_to_hub", "--hub_model_id", "me/model"])
-    assert parsed[3].hub_token == secret  # it is used ...
-    dumped = yaml.safe_dump(redacted_args_dict(*parsed))  # ... but never written
+    assert parsed[2].hub_token == secret  # it is used ...
+    dumped = yaml.safe_dump(public_args_dict(*parsed))  # ... but never written
     assert secret not in dumped and "me/model" in dumped
 
     from dexml_hf.commands.train import _command
@@ -149,5 +155,5 @@ def test_no_token_in_config_dump():
 def test_bundled_model_resolves(minilm_path):
     assert Path(resolve_model_path("bundled:all-MiniLM-L6-v2")) == minilm_path
     assert resolve_model_path("distilbert-base-uncased") == "distilbert-base-uncased"
-    with pytest.raises(ValueError, match="only bundled model"):
+    with pytest.raises(UsageError, match="bundled models are"):
         resolve_model_path("bundled:other")

@@ -44,6 +44,17 @@ class EvaluateArguments:
     model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
     dataset_revision: str | None = field(default=None, metadata={"help": "dataset revision on the Hub"})
     plot: bool = field(default=True, metadata={"help": "write the head/torso/tail PNG (needs matplotlib)"})
+    index: str | None = field(
+        default=None,
+        metadata={
+            "help": "a saved LabelIndex of the dataset's labels (folder or Hub id, e.g. <model>/label_index) made by "
+            "this model: its label embeddings are used, and its retrieval memory if it has one (retrieval-augmented "
+            "ranking with the stored lam, k, T). Unset: the labels are encoded, no memory."
+        },
+    )
+    use_memory: bool = field(
+        default=True, metadata={"help": "with --index: use its retrieval memory (--no_use_memory: dual encoder only)"}
+    )
 
     def __post_init__(self):
         if not self.model or not self.dataset:
@@ -79,6 +90,7 @@ def run_evaluate(
     plot: bool = True,
     model_name: str | None = None,
     dataset_name: str | None = None,
+    index=None,
 ) -> dict:
     """Evaluate and return the report dict; writes ``eval_<split>.json`` / ``.png`` into ``output_dir`` if given."""
     import numpy as np
@@ -98,6 +110,7 @@ def run_evaluate(
         name="",
         write_csv=False,
         show_progress_bar=True,
+        index=index,
     )
     _, topk = evaluator.compute_topk(model)
     metrics = evaluator.compute_metrics(topk)
@@ -117,6 +130,9 @@ def run_evaluate(
         "metrics": metrics,
         "buckets": buckets,
     }
+    memory = getattr(index, "memory", None)
+    if memory is not None:
+        report["retrieval"] = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +177,16 @@ def main(argv: list[str]) -> int:
     dataset = load_dataset(args.dataset, format=args.dataset_format, revision=args.dataset_revision)
     if args.split not in dataset.splits:
         raise UsageError(f"dataset {args.dataset}: no {args.split!r} split (has {', '.join(dataset.splits)})")
+    index = None
+    if args.index:
+        from dexml_hf.index import LabelIndex
+
+        index = LabelIndex.load(args.index, load_memory=args.use_memory)
+        if len(index) != dataset.num_labels or index.dim != model.get_embedding_dimension():
+            raise UsageError(
+                f"index {args.index} ({len(index)} labels, {index.dim} dims) does not fit dataset {args.dataset} "
+                f"({dataset.num_labels} labels) and model {args.model} ({model.get_embedding_dimension()} dims)"
+            )
     report = run_evaluate(
         model,
         dataset,
@@ -174,7 +200,11 @@ def main(argv: list[str]) -> int:
         plot=args.plot,
         model_name=args.model,
         dataset_name=args.dataset,
+        index=index,
     )
+    if "retrieval" in report:
+        r = report["retrieval"]
+        print(f"retrieval-augmented ranking: lam={r['lam']}, k={r['k']}, temperature={r['temperature']}")
     print(f"{report['dataset']} / {args.split}: {report['num_queries']} queries, {report['num_labels']} labels")
     print(format_metrics_table(report["metrics"], every_metric=True))
     if args.output_dir:

@@ -28,6 +28,13 @@ class PredictArguments:
     k: int = field(default=5, metadata={"help": "labels per text"})
     json: bool = field(default=False, metadata={"help": "print JSON lines instead of a table"})
     model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
+    use_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "rank with the retrieval memory saved with the index, if it has one (retrieval-augmented "
+            "scores lam*s + (1-lam)*kNN term); --no_use_memory ranks by the dual encoder alone"
+        },
+    )
 
     def __post_init__(self):
         if not self.model or not self.index:
@@ -54,7 +61,7 @@ def main(argv: list[str]) -> int:
     if empty:
         raise UsageError(f"text {empty[0] + 1} is empty: there is nothing to label")
     model = load_model(args.model, revision=args.model_revision)
-    index = LabelIndex.load(args.index)
+    index = LabelIndex.load(args.index, load_memory=args.use_memory)
     if index.dim != model.get_embedding_dimension():
         raise UsageError(
             f"index {args.index} holds {index.dim}-dim embeddings but model {args.model} makes "

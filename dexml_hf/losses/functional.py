@@ -210,7 +210,7 @@ def _refuse_saturated(n_candidates: Tensor, k: Tensor, rows: Tensor | None, wher
     if bool(saturated.any()):
         row = int(saturated.nonzero()[0, 0])
         raise ValueError(
-            f"{where}: soft top-k with k={float(k[row]):g} but query row {row} sees only "
+            f"{where}: k={float(k[row]):g} but query row {row} sees only "
             f"{int(n_candidates[row])} candidate label(s); k must be smaller than the number of candidates (the "
             "batch's deduplicated labels in-batch, all labels with negatives='all'), else the loss and its gradient "
             "are 0. Lower k or raise the batch size."
@@ -420,8 +420,12 @@ class SoftTopKAccumulator:
                     "SoftTopKAccumulator.update: a positive has score -inf (a label the query cannot see)"
                 )
             n = finite.sum(dim=1)
-            s_max = scores.masked_fill(~finite, float("-inf")).amax(dim=1)
-            s_min = scores.masked_fill(~finite, float("inf")).amin(dim=1)
+            if scores.shape[1]:
+                s_max = scores.masked_fill(~finite, float("-inf")).amax(dim=1)
+                s_min = scores.masked_fill(~finite, float("inf")).amin(dim=1)
+            else:  # a rank without labels still joins the all-reduces
+                s_max = scores.new_full((scores.shape[0],), float("-inf"))
+                s_min = scores.new_full((scores.shape[0],), float("inf"))
             if self.n_candidates is None:
                 self.n_candidates, self.s_max, self.s_min = n, s_max, s_min
                 self.num_positives = positives.sum(dim=1)

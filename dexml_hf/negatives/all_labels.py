@@ -1,20 +1,31 @@
-"""Exact softmax over *every* label each step, with memory that does not grow with the number of labels.
+"""Exact loss over *every* label each step, with memory that does not grow with the number of labels.
 
 The paper's released models contrast each query with all L labels. Materialising the B × L score matrix, or the
-L × d embedding table with its autograd graph, does not scale to millions of labels. This module computes the same
-loss and the same gradients in two encoder passes over label chunks (GradCache, Gao et al. 2021):
+L × d embedding table with its autograd graph, does not scale to millions of labels. :class:`AllLabelsLoss` computes
+the same loss and the same gradients as the one-piece computation in two encoder passes over label chunks
+(GradCache, Gao et al. 2021); the math of each objective lives in one place, :mod:`dexml_hf.losses.functional`:
 
 1. **No-grad pass.** Encode the batch's queries and every label chunk without gradients (snapshotting the RNG
-   before each forward). Per query, accumulate the exact logsumexp of its scores over the labels of its
-   denominator, and pick up the score of its sampled positive. Nothing of size L is kept.
+   before each encoder call) and feed each chunk's B × c scores to the objective's accumulator
+   (:class:`~dexml_hf.losses.functional.DecoupledSoftmaxAccumulator` for the decoupled and PAL softmax: per-query
+   logsumexps; :class:`~dexml_hf.losses.functional.SoftTopKAccumulator` for soft top-k: count, max, min). Then
+   ``finalize`` gives the exact loss. Soft top-k needs Σ_j σ(α(s_j + t)) at every bisection step: its chunk scores
+   are recomputed from the no-grad label embeddings kept by the first pass (L/world × d fp32 on the model's device:
+   4 bytes × d per label, against 4 bytes × B per label for the scores, and one B × c matmul per chunk per step,
+   ~35 steps, which is small next to encoding the labels).
 2. **Gradient pass** (run from the loss tensor's backward hook, so the Trainer's ``backward`` drives it). For each
-   chunk, re-encode it *with* gradients under the same RNG state, rebuild the chunk's scores, and turn them into
-   the exact ∂loss/∂score from the stored logsumexps: ``softmax − onehot(positive)``. Back-propagate
-   ``∂loss/∂E_chunk = G^T Q`` into the encoder immediately and accumulate ``∂loss/∂Q += G E_chunk`` (B × d). At the
-   end, one backward through the query encoder.
+   chunk, re-encode it *with* gradients under the same RNG state, rebuild the chunk's scores, take
+   G = ``accumulator.chunk_gradient(scores, positives)`` (the exact ∂loss/∂scores of that chunk), back-propagate
+   ``∂loss/∂E_chunk = G^T Q`` into the encoder at once and accumulate ``∂loss/∂Q += G E_chunk``. At the end, one
+   backward through the query encoder.
 
-Under ``torch.distributed`` the queries of all ranks are gathered, the label chunks are dealt round-robin to the
-ranks, and the per-rank logsumexps are combined exactly (all-reduce of the max, then of the shifted sums).
+Under ``torch.distributed`` the queries and positive pairs of all ranks are gathered, the label chunks are dealt
+round-robin to the ranks, and the accumulators all-reduce their per-query statistics (``sync=True``), so every rank
+holds the statistics of the full label set; the query gradient is all-reduced.
+
+Build it from a loss: ``loss.all_labels_engine(model, label_texts, preprocess, label_chunk_size, mini_batch_size,
+ddp_grad_factor)`` (= :meth:`AllLabelsLoss.from_loss`), then ``engine(query_features, positive_ids,
+label_matrix_rows=None, query_ids=None)`` returns the loss; ``backward()`` on it runs the gradient pass.
 """
 
 from __future__ import annotations
@@ -23,18 +34,22 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.distributed as dist
-from sentence_transformers.base.losses.gradcache import RandContext
+from sentence_transformers.base.losses.gradcache import RandContext, _ddp_replay_context
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["AllLabelsLoss", "all_label_loss", "ALL_LABEL_LOSSES"]
+from dexml_hf.losses import functional
 
-ALL_LABEL_LOSSES = ("decoupled_softmax", "softmax")
+__all__ = ["AllLabelsLoss", "ALL_LABEL_OBJECTIVES", "ALL_LABEL_LOSSES"]
+
+ALL_LABEL_OBJECTIVES = ("decoupled_softmax", "softmax", "soft_topk")
+ALL_LABEL_LOSSES = ALL_LABEL_OBJECTIVES  # former name
 
 
 def _world() -> tuple[int, int]:
@@ -60,19 +75,27 @@ def _gather_rows(tensor: Tensor, world_size: int) -> tuple[Tensor, list[int]]:
 
 @dataclass
 class _PassState:
-    """What the no-grad pass leaves for the gradient pass (all O(B) or O(B·d), never O(L))."""
+    """What the no-grad pass leaves for the gradient pass (O(B) statistics, never O(L) beyond soft top-k's cache)."""
 
     queries: Tensor  # (B_global, d) fp32, detached
-    pos_rows: Tensor  # (nnz,) long: rows of the global batch's (query, positive) pairs
-    pos_cols: Tensor  # (nnz,) long: their label ids
-    lse: Tensor  # (B_global,) logsumexp over the negatives (decoupled) or every label (softmax)
-    neg_coef: Tensor  # (B_global,) weight of softmax(s - lse) in dL/ds
-    pair_coef: Tensor  # (nnz,) what each positive pair subtracts from dL/ds
+    pos_rows: Tensor  # (nnz,) rows of the global batch's (query, positive) pairs
+    pos_cols: Tensor  # (nnz,) their label ids
+    out_rows: Tensor  # (m,) (query, label) pairs left out of the candidates (positives beyond max_positives)
+    out_cols: Tensor
+    accumulator: Any  # finalized DecoupledSoftmaxAccumulator / SoftTopKAccumulator
     chunk_states: list[list[RandContext | None]]  # per chunk, per encoder call
     chunks: list[tuple[int, int]]
     query_state: RandContext | None
     query_slice: slice  # this rank's rows in the global batch
     grad_factor: float
+
+
+def _chunk_mask(rows: Tensor, cols: Tensor, start: int, end: int, batch: int) -> Tensor:
+    """Dense (batch × (end − start)) bool mask of the pairs whose label lies in [start, end)."""
+    inside = (cols >= start) & (cols < end)
+    mask = torch.zeros(batch, end - start, dtype=torch.bool, device=rows.device)
+    mask[rows[inside], cols[inside] - start] = True
+    return mask
 
 
 class AllLabelsLoss:
@@ -83,16 +106,24 @@ class AllLabelsLoss:
         label_texts: all label texts, any sequence supporting ``len`` and slicing (a list, a ``datasets`` column,
             or a lazy generator object for benchmarks).
         preprocess: turns a list of texts into model features (``SentenceTransformer.preprocess``).
-        scale: multiplies the dot products (1/τ); scores are computed in fp32.
+        scale: multiplies the similarities (1/τ); scores are computed in fp32.
         label_chunk_size: labels scored at once (a B × chunk score block).
+        loss: the objective, ``"decoupled_softmax"`` (other positives leave the denominator, the paper's loss),
+            ``"softmax"`` (PAL: every label in the denominator) or ``"soft_topk"`` (exact soft top-k over all labels).
+        ddp_grad_factor: multiply the parameter gradients by this (the world size when a DDP wrapper averages the
+            per-rank gradients, since every rank computes a disjoint part of the *global* loss's gradient).
+        normalize: L2-normalise both sides (cosine scores, as the losses' default ``similarity_fct``).
+        show_progress_bar: progress bars over the chunks.
         mini_batch_size: labels per encoder call inside a chunk (``None``: the whole chunk). The chunk's texts are
             grouped by length first, so each call pads to similar lengths: fewer padded tokens, and activation
             memory bounded by the mini-batch. Same loss and gradients.
-        loss: ``"decoupled_softmax"`` (other positives leave the denominator, the paper's loss) or ``"softmax"``
-            (every label in the denominator).
-        normalize: L2-normalise both sides (cosine scores, as the losses' default ``similarity_fct``).
-        ddp_grad_factor: multiply the parameter gradients by this (the world size when a DDP wrapper averages the
-            per-rank gradients, since every rank computes a disjoint part of the *global* loss's gradient).
+        k, alpha, n_iter: soft top-k only (``k`` may be ``"num_pos"``), as :class:`~dexml_hf.losses.SoftTopKLoss`.
+        max_positives: soft top-k only: at most this many positives per query (its sampled positive first, the
+            others at random); the others leave the candidates.
+        label_source: a loss with a ``label_matrix`` (:class:`~dexml_hf.losses.XMCLoss`), whose rows give the
+            positives when the engine is called with ``query_ids`` instead of ``label_matrix_rows``.
+
+    Prefer :meth:`from_loss` (or ``loss.all_labels_engine(...)``), which reads all of this from a loss object.
     """
 
     def __init__(
@@ -107,15 +138,22 @@ class AllLabelsLoss:
         normalize: bool = False,
         show_progress_bar: bool = False,
         mini_batch_size: int | None = None,
+        k: int | str = 5,
+        alpha: float = 2.0,
+        n_iter: int = 32,
+        max_positives: int | None = None,
+        label_source: Any = None,
     ) -> None:
-        if loss not in ALL_LABEL_LOSSES:
+        if loss not in ALL_LABEL_OBJECTIVES:
             raise ValueError(
-                f"loss={loss!r} is not supported in the all-labels mode; choose one of {ALL_LABEL_LOSSES}"
+                f"loss={loss!r} is not supported in the all-labels mode; choose one of {ALL_LABEL_OBJECTIVES}"
             )
         if label_chunk_size <= 0:
             raise ValueError(f"label_chunk_size must be > 0, got {label_chunk_size}")
         if mini_batch_size is not None and mini_batch_size <= 0:
             raise ValueError(f"mini_batch_size must be > 0 or None, got {mini_batch_size}")
+        if max_positives is not None and max_positives <= 0:
+            raise ValueError(f"max_positives must be > 0 or None, got {max_positives}")
         self.model = model
         self.label_texts = label_texts
         self.preprocess = preprocess
@@ -126,11 +164,74 @@ class AllLabelsLoss:
         self.normalize = normalize
         self.show_progress_bar = show_progress_bar
         self.mini_batch_size = mini_batch_size
+        self.k, self.alpha, self.n_iter, self.max_positives = k, alpha, n_iter, max_positives
+        self.label_source = label_source
+
+    @classmethod
+    def from_loss(
+        cls,
+        loss: Any,
+        model: torch.nn.Module,
+        label_texts: Sequence[str],
+        preprocess: Callable[[list[str]], dict],
+        label_chunk_size: int = 4096,
+        mini_batch_size: int | None = None,
+        ddp_grad_factor: float = 1.0,
+        show_progress_bar: bool = False,
+    ) -> AllLabelsLoss:
+        """The engine for ``loss`` (an :class:`~dexml_hf.losses.XMCLoss`): its ``all_labels_objective``, scale,
+        similarity (``cos_sim`` → normalised, ``dot_score`` → raw), label matrix and soft top-k settings."""
+        from sentence_transformers.util import cos_sim, dot_score
+
+        objective = getattr(loss, "all_labels_objective", None)
+        if objective is None:
+            raise ValueError(
+                f"{type(loss).__name__} has no exact all-label form (all_labels_objective is None); use "
+                "negatives='all_cached' or one of the decoupled softmax, softmax and soft top-k losses"
+            )
+        if getattr(loss, "logq_correction", False):
+            raise ValueError(
+                f"{type(loss).__name__}(logq_correction=True): the correction is for in-batch sampling bias; scoring "
+                "every label has none, so turn it off"
+            )
+        similarity = loss.similarity_fct
+        if similarity is not cos_sim and similarity is not dot_score:
+            raise ValueError(
+                f"the all-label engine scores with cosine or dot product; {type(loss).__name__} uses "
+                f"{getattr(similarity, '__name__', similarity)}"
+            )
+        extra = {}
+        if objective == "soft_topk":
+            extra = dict(k=loss.k, alpha=loss.alpha, n_iter=loss.n_iter, max_positives=loss.max_positives)
+        return cls(
+            model,
+            label_texts,
+            preprocess,
+            scale=loss.scale,
+            label_chunk_size=label_chunk_size,
+            loss=objective,
+            ddp_grad_factor=ddp_grad_factor,
+            normalize=similarity is cos_sim,
+            show_progress_bar=show_progress_bar,
+            mini_batch_size=mini_batch_size,
+            label_source=loss,
+            **extra,
+        )
 
     def _prep(self, emb: Tensor) -> Tensor:
         """fp32 scores even under autocast; L2-normalised when the loss scores by cosine similarity."""
         emb = emb.float()
         return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
+
+    def _check_finite(self, emb: Tensor, what: str, ids: Tensor | None = None) -> None:
+        if bool(torch.isfinite(emb).all()):
+            return
+        rows = (~torch.isfinite(emb)).any(dim=1).nonzero().flatten()
+        named = f"label ids {ids[rows.cpu()].tolist()[:10]}" if ids is not None else f"batch rows {rows.tolist()[:10]}"
+        raise FloatingPointError(
+            f"AllLabelsLoss ({self.loss}): NaN or inf in the {what} embeddings ({named}); refusing to return a non-finite loss. Check the inputs, the learning rate "
+            "(diverged weights) and fp16 overflow."
+        )
 
     # -- encoding helpers --------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -166,95 +267,106 @@ class AllLabelsLoss:
             states.append(state)
         return out, states
 
+    def _accumulator(self):
+        if self.loss == "soft_topk":
+            return functional.SoftTopKAccumulator(k=self.k, alpha=self.alpha, n_iter=self.n_iter)
+        return functional.DecoupledSoftmaxAccumulator(decoupled=self.loss == "decoupled_softmax")
+
+    def _local_pairs(
+        self, batch: int, positive_ids: Tensor, label_matrix_rows: sp.spmatrix | None, query_ids: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """This rank's (row, label id, kept) positive pairs: the matrix rows plus the sampled positives, deduped;
+        ``kept`` False for positives beyond ``max_positives`` (soft top-k), which leave the candidates."""
+        device = positive_ids.device
+        num_labels = len(self.label_texts)
+        rows, cols = torch.arange(batch, device=device), positive_ids
+        if label_matrix_rows is not None:
+            coo = sp.coo_matrix(label_matrix_rows)
+            if coo.shape[0] != batch:
+                raise ValueError(f"label_matrix_rows has {coo.shape[0]} rows for a batch of {batch} queries")
+            rows = torch.cat([rows, torch.as_tensor(coo.row, dtype=torch.long, device=device)])
+            cols = torch.cat([cols, torch.as_tensor(coo.col, dtype=torch.long, device=device)])
+        elif query_ids is not None and getattr(self.label_source, "label_matrix", None) is not None:
+            m_rows, m_cols = self.label_source.label_matrix_pairs(torch.as_tensor(query_ids, device=device).long())
+            rows, cols = torch.cat([rows, m_rows]), torch.cat([cols, m_cols])
+        keys = torch.unique(rows * num_labels + cols)  # the sampled positive is normally in the matrix already
+        rows, cols = keys // num_labels, keys % num_labels
+        kept = torch.ones_like(rows, dtype=torch.bool)
+        if self.loss == "soft_topk" and self.max_positives is not None:
+            first = cols == positive_ids[rows]
+            kept = functional.cap_positive_pairs(rows, first, self.max_positives, batch)
+        return rows, cols, kept
+
     # -- the two passes ------------------------------------------------------------------------------------------
     def __call__(
         self,
         query_features: dict,
         positive_ids: Tensor,
-        label_matrix_rows: sp.csr_matrix | None = None,
+        label_matrix_rows: sp.spmatrix | None = None,
+        query_ids: Tensor | None = None,
     ) -> Tensor:
-        """Loss of this rank's queries against all labels; ``backward()`` on it runs the gradient pass.
+        """Mean loss of this rank's queries against all labels; ``backward()`` on it runs the gradient pass.
 
-        ``positive_ids`` (B,) is each query's sampled positive; ``label_matrix_rows`` (B × L CSR) its full positive
-        set (removed from the decoupled denominator); without it only the sampled positive counts as positive.
+        ``positive_ids`` (B,) is each query's sampled positive. Its other positives (never negatives) come from
+        ``label_matrix_rows`` (B × L scipy CSR) or, with ``query_ids``, from the label matrix of the loss the
+        engine was built from; with neither, only the sampled positive counts as positive.
         """
         rank, world = _world()
         device = self._device()
         grad_enabled = torch.is_grad_enabled()
         num_labels = len(self.label_texts)
-        positive_ids = positive_ids.to(device=device, dtype=torch.long).reshape(-1)
-        if positive_ids.numel() and (int(positive_ids.min()) < 0 or int(positive_ids.max()) >= num_labels):
+        positive_ids = torch.as_tensor(positive_ids).to(device=device, dtype=torch.long).reshape(-1)
+        if positive_ids.numel() and bool((positive_ids.min() < 0) | (positive_ids.max() >= num_labels)):
             raise ValueError(f"positive label ids must lie in [0, {num_labels}); got {positive_ids.tolist()[:10]}")
 
         q_local, query_state = self._encode(query_features, with_grad=False, snapshot=grad_enabled)
+        self._check_finite(q_local, "query")
         q_local = self._prep(q_local)
         b_local = q_local.shape[0]
-        if label_matrix_rows is not None:
-            coo = sp.csr_matrix(label_matrix_rows).tocoo()
-            if coo.shape[0] != b_local:
-                raise ValueError(f"label_matrix_rows has {coo.shape[0]} rows for a batch of {b_local} queries")
-            rows = np.concatenate([coo.row, np.arange(b_local)])
-            cols = np.concatenate([coo.col, positive_ids.cpu().numpy()])
-            # dedupe (row, col) pairs: the sampled positive is normally in the matrix already
-            keys = np.unique(rows.astype(np.int64) * num_labels + cols.astype(np.int64))
-            pos_rows_l = torch.as_tensor(keys // num_labels, device=device)
-            pos_cols_l = torch.as_tensor(keys % num_labels, device=device)
-        else:
-            pos_rows_l = torch.arange(b_local, device=device)
-            pos_cols_l = positive_ids.clone()
+        rows_l, cols_l, kept_l = self._local_pairs(b_local, positive_ids, label_matrix_rows, query_ids)
 
-        # gather the queries of every rank (the label shards must score all of them)
+        # gather the queries and pairs of every rank (the label shards must score all of them)
         queries, sizes = _gather_rows(q_local, world)
         offset = sum(sizes[:rank])
+        pairs = torch.stack([rows_l + offset, cols_l, kept_l.long()], dim=1)
         if world > 1:
-            pair = torch.stack([pos_rows_l + offset, pos_cols_l], dim=1)
-            pair, _ = _gather_rows(pair, world)
-            pos_rows, pos_cols = pair[:, 0], pair[:, 1]
-        else:
-            pos_rows, pos_cols = pos_rows_l, pos_cols_l
+            pairs, _ = _gather_rows(pairs, world)
+        kept = pairs[:, 2].bool()
+        pos_rows, pos_cols = pairs[kept, 0], pairs[kept, 1]
+        out_rows, out_cols = pairs[~kept, 0], pairs[~kept, 1]
         batch = queries.shape[0]
 
         chunks = [
             (start, min(start + self.label_chunk_size, num_labels))
             for start in range(0, num_labels, self.label_chunk_size)
         ][rank::world]
-        lse = torch.full((batch,), -math.inf, device=device)  # over the negatives (decoupled) or all labels
-        pair_score = torch.zeros(pos_rows.shape[0], device=device)
-        chunk_states: list[list[RandContext | None]] = []  # per chunk, per encoder call
+        accumulator = self._accumulator()
+        cached: list[Tensor] = []  # soft top-k: the chunks' no-grad label embeddings, for the bisection
+        chunk_states: list[list[RandContext | None]] = []
         for start, end in tqdm(chunks, desc="all labels (no grad)", disable=not self.show_progress_bar):
             emb, states = self._encode_chunk(list(self.label_texts[start:end]), snapshot=grad_enabled)
+            self._check_finite(emb, "label", torch.arange(start, end))
+            emb = self._prep(emb)
             chunk_states.append(states)
-            scores = self.scale * queries @ self._prep(emb).T  # (B, c) fp32
-            in_chunk = (pos_cols >= start) & (pos_cols < end)
-            r, c = pos_rows[in_chunk], pos_cols[in_chunk] - start
-            pair_score[in_chunk] = scores[r, c]
-            if self.loss == "decoupled_softmax":
-                scores[r, c] = -math.inf
-            lse = torch.logaddexp(lse, torch.logsumexp(scores, dim=1))
-        if world > 1:
-            # exact combination of the per-shard logsumexps: max, then sum of shifted exponentials
-            m = lse.clone()
-            dist.all_reduce(m, op=dist.ReduceOp.MAX)
-            m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-            shifted = torch.exp(lse - m_safe)
-            dist.all_reduce(shifted)
-            lse = m_safe + torch.log(shifted)
-            dist.all_reduce(pair_score)  # every (query, positive) pair lives in exactly one chunk of one rank
-        n_pos = torch.zeros(batch, device=device).index_add_(0, pos_rows, torch.ones_like(pair_score))
-        w_pair = 1.0 / (n_pos[pos_rows] * batch)  # each query counts once, the batch is averaged
-        if self.loss == "decoupled_softmax":
-            # L_b = 1/|P_b| sum_p softplus(N_b - s_p); dL/dN_b = sum_p w sigmoid(N_b - s_p)
-            margin = lse[pos_rows] - pair_score
-            per_pair = torch.nn.functional.softplus(margin)
-            pair_coef = w_pair * torch.sigmoid(margin)
+            scores = self.scale * queries @ emb.T  # (B, c) fp32
+            positives = _chunk_mask(pos_rows, pos_cols, start, end, batch)
+            if self.loss == "soft_topk":
+                cached.append(emb)
+                scores = scores.masked_fill(_chunk_mask(out_rows, out_cols, start, end, batch), -math.inf)
+            accumulator.update(scores, positives)
+        if not chunks:  # more ranks than chunks: this rank scores nothing but joins the collectives
+            accumulator.update(queries.new_zeros((batch, 0)), torch.zeros(batch, 0, dtype=torch.bool, device=device))
+        if self.loss == "soft_topk":
+
+            def score_chunks():
+                for (start, end), emb in zip(chunks, cached):
+                    out = _chunk_mask(out_rows, out_cols, start, end, batch)
+                    yield (self.scale * queries @ emb.T).masked_fill(out, -math.inf)
+
+            value = accumulator.finalize(score_chunks, sync=world > 1)
+            del cached
         else:
-            # L_b = logsumexp(all) - mean_p s_p
-            per_pair = lse[pos_rows] - pair_score
-            pair_coef = w_pair
-        value = (per_pair * w_pair).sum()
-        neg_coef = torch.zeros(batch, device=device).index_add_(0, pos_rows, pair_coef)
-        neg_coef = torch.where(torch.isfinite(lse), neg_coef, torch.zeros_like(neg_coef))
-        lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+            value = accumulator.finalize(sync=world > 1)
 
         if not grad_enabled:
             return value
@@ -262,51 +374,40 @@ class AllLabelsLoss:
             queries=queries,
             pos_rows=pos_rows,
             pos_cols=pos_cols,
-            lse=lse,
-            neg_coef=neg_coef,
-            pair_coef=pair_coef,
+            out_rows=out_rows,
+            out_cols=out_cols,
+            accumulator=accumulator,
             chunk_states=chunk_states,
             chunks=chunks,
             query_state=query_state,
             query_slice=slice(offset, offset + b_local),
             grad_factor=self.ddp_grad_factor,
         )
-        loss = value.detach().requires_grad_()
+        loss = value.detach().clone().requires_grad_()
         loss.register_hook(lambda grad, st=state, qf=query_features: self._gradient_pass(grad, st, qf))
         return loss
 
-    def score_gradient(self, scores: Tensor, label_ids: Tensor, st: _PassState) -> Tensor:
-        """∂(mean loss)/∂scores of the columns ``label_ids`` (distinct ids; B × len(label_ids)) from the stored
-        logsumexps: weighted softmax − positives."""
-        grad = st.neg_coef[:, None] * torch.exp(scores - st.lse[:, None])
-        sorted_ids, perm = torch.sort(label_ids)
-        where = torch.searchsorted(sorted_ids, st.pos_cols).clamp_max(len(sorted_ids) - 1)
-        hit = sorted_ids[where] == st.pos_cols
-        r, c = st.pos_rows[hit], perm[where[hit]]
-        if self.loss == "decoupled_softmax":
-            grad[r, c] = 0.0  # positives are not in their query's denominator
-        grad.index_put_((r, c), -st.pair_coef[hit], accumulate=True)
-        return grad
-
     def _gradient_pass(self, grad_output: Tensor, st: _PassState, query_features: dict) -> None:
-        rank, world = _world()
-        from sentence_transformers.base.losses.gradcache import _ddp_replay_context
-
+        _, world = _world()
         factor = grad_output.float() * st.grad_factor
         grad_q = torch.zeros_like(st.queries)
+        batch = st.queries.shape[0]
         with torch.enable_grad():
             for (start, end), states in tqdm(
                 list(zip(st.chunks, st.chunk_states)), desc="all labels (grad)", disable=not self.show_progress_bar
             ):
                 texts = list(self.label_texts[start:end])
+                positives = _chunk_mask(st.pos_rows, st.pos_cols, start, end, batch)
+                left_out = _chunk_mask(st.out_rows, st.out_cols, start, end, batch)
                 for idx, state in zip(self._pieces(texts), states):
                     features = self._features([texts[i] for i in idx])
-                    ids = torch.as_tensor(idx + start, device=grad_q.device)
+                    cols = torch.as_tensor(idx, device=grad_q.device)
                     with _ddp_replay_context(self.model, synchronize=False), state or nullcontext():
                         emb, _ = self._encode(features, with_grad=True, snapshot=False)
                         emb = self._prep(emb)
                         e = emb.detach()
-                        g = self.score_gradient(self.scale * st.queries @ e.T, ids, st) * self.scale
+                        scores = (self.scale * st.queries @ e.T).masked_fill(left_out[:, cols], -math.inf)
+                        g = st.accumulator.chunk_gradient(scores, positives[:, cols]).to(e.dtype) * self.scale
                         grad_q += g @ e
                         if emb.requires_grad:
                             emb.backward(g.T @ st.queries * factor)
@@ -317,10 +418,3 @@ class AllLabelsLoss:
                 q = self._prep(q)
                 if q.requires_grad:
                     q.backward(grad_q[st.query_slice] * factor)
-
-
-def all_label_loss(model, query_texts: list[str], positive_ids, label_texts: Sequence[str], **kwargs) -> Tensor:
-    """Convenience wrapper: the all-labels loss of raw query texts (``model`` a SentenceTransformer)."""
-    label_matrix_rows = kwargs.pop("label_matrix_rows", None)
-    engine = AllLabelsLoss(model, label_texts, model.preprocess, **kwargs)
-    return engine(engine._features(query_texts), torch.as_tensor(positive_ids), label_matrix_rows)

@@ -306,10 +306,120 @@ def test_soft_topk_loss_extreme_scores():
         assert loss.item() == pytest.approx(ref_soft_topk_loss(S.tolist(), P.tolist(), 3, 2.0), rel=1e-4)
 
 
-def test_soft_topk_with_k_at_least_candidates_is_all_in():
+def test_soft_topk_with_k_at_least_candidates_raises():
     s = torch.randn(2, 4, requires_grad=True)
-    out = F.soft_topk(s, k=4)
-    assert torch.equal(out, torch.ones_like(out))
-    loss = F.soft_topk_loss(s, torch.ones(2, 4, dtype=torch.bool), k=6)
-    loss.backward()
-    assert loss.item() == 0.0 and torch.equal(s.grad, torch.zeros_like(s))
+    with pytest.raises(ValueError, match=r"k=4 but query row 0 sees only 4 candidate"):
+        F.soft_topk(s, k=4)
+    with pytest.raises(ValueError, match=r"k=6 but query row 0 sees only 4"):
+        F.soft_topk_loss(s, torch.ones(2, 4, dtype=torch.bool), k=6)
+    # -inf entries are not candidates: 3 finite scores cannot hold a top 3
+    masked = s.detach().clone()
+    masked[1, 0] = float("-inf")
+    with pytest.raises(ValueError, match="query row 1 sees only 3"):
+        F.soft_topk_loss(masked, torch.eye(2, 4, dtype=torch.bool), k=3)
+    # a row without positives is not checked (it contributes nothing)
+    positives = torch.zeros(2, 4, dtype=torch.bool)
+    positives[0, 1] = True
+    assert torch.isfinite(F.soft_topk_loss(masked, positives, k=3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_soft_topk_refuses_nan_and_posinf_scores(bad):
+    """One NaN score used to give a finite loss (0.83) with NaN gradients."""
+    s = torch.randn(3, 8)
+    s[2, 5] = bad
+    with pytest.raises(ValueError, match=r"query row\(s\) \[2\] contain NaN or \+inf"):
+        F.soft_topk_loss(s.requires_grad_(), torch.eye(3, 8, dtype=torch.bool), k=2)
+    acc = F.SoftTopKAccumulator(k=2)
+    with pytest.raises(ValueError, match="NaN or"):
+        acc.update(s, torch.eye(3, 8, dtype=torch.bool))
+
+
+def test_soft_topk_num_pos_uses_each_rows_positive_count():
+    S, P = make_case(3, B=6, C=12)
+    S[:, -1] = float("-inf")  # a candidate nobody sees
+    P[:, -1] = False
+    P[2] = False  # make_case's "all positives" row: k = |P| = every candidate would be saturated
+    P[2, :4] = True
+    got = F.soft_topk_loss(S, P, k="num_pos", reduction="none")
+    for b in range(6):
+        n_pos = int(P[b].sum())
+        if n_pos == 0:
+            assert got[b] == 0
+            continue
+        one = F.soft_topk_loss(S[b : b + 1], P[b : b + 1], k=n_pos, reduction="none")
+        torch.testing.assert_close(got[b], one[0])
+
+
+def _chunked_topk(S, P, k, chunks, alpha=2.0):
+    """The accumulator protocol: no-grad update per chunk, finalize (re-reading the chunks), chunk gradients."""
+    acc = F.SoftTopKAccumulator(k=k, alpha=alpha)
+    for sl in reversed(chunks):
+        acc.update(S[:, sl], P[:, sl])
+    loss = acc.finalize(lambda: (S[:, sl] for sl in chunks))
+    grad = torch.cat([acc.chunk_gradient(S[:, sl], P[:, sl]) for sl in chunks], dim=1)
+    return loss, grad
+
+
+@pytest.mark.parametrize("k", [3, 5.5, "num_pos"])
+def test_soft_topk_accumulator_equals_dense_loss_and_gradient(k):
+    S, P = make_case(8, B=7, C=23, scale=2.0)
+    P[2] = False  # make_case's "all positives" row would be saturated for every k
+    P[2, :2] = True
+    S[4, 7] = float("-inf")  # a candidate left out for one query
+    P[4, 7] = False
+    ref = S.clone().requires_grad_()
+    dense = F.soft_topk_loss(ref, P, k=k)
+    dense.backward()
+    loss, grad = _chunked_topk(S, P, k, [slice(0, 5), slice(5, 6), slice(6, 17), slice(17, 23)])
+    assert loss.item() == pytest.approx(dense.item(), rel=1e-12)
+    torch.testing.assert_close(grad, ref.grad, rtol=1e-9, atol=1e-12)
+    assert torch.all(grad[4, 7] == 0)  # a left-out candidate gets no gradient
+
+
+def test_soft_topk_accumulator_float32_and_saturation_check():
+    S, P = make_case(9, B=5, C=40)
+    P[2] = False
+    P[2, 0] = True
+    S32 = S.float()
+    ref = S32.clone().requires_grad_()
+    F.soft_topk_loss(ref, P, k=5).backward()
+    loss, grad = _chunked_topk(S32, P, 5, [slice(0, 16), slice(16, 40)])
+    assert loss.item() == pytest.approx(F.soft_topk_loss(S32, P, k=5).item(), rel=1e-5)
+    torch.testing.assert_close(grad, ref.grad, rtol=1e-3, atol=1e-6)
+    acc = F.SoftTopKAccumulator(k=40)
+    acc.update(S, P)
+    with pytest.raises(ValueError, match="soft top-k over all labels: k=40 but"):
+        acc.finalize(lambda: [S])
+
+
+def test_pal_accumulator_and_chunk_gradients():
+    S, P = make_case(10, B=8, C=20)
+    chunks = [slice(0, 6), slice(6, 13), slice(13, 20)]
+    for decoupled, dense_fn in ((True, F.decoupled_softmax), (False, F.softmax_pal)):
+        ref = S.clone().requires_grad_()
+        dense_fn(ref, P).backward()
+        acc = F.DecoupledSoftmaxAccumulator(decoupled=decoupled)
+        for sl in chunks:
+            acc.update(S[:, sl], P[:, sl])
+        assert acc.finalize().item() == pytest.approx(dense_fn(S, P).item(), rel=1e-12)
+        grad = torch.cat([acc.chunk_gradient(S[:, sl], P[:, sl]) for sl in chunks], dim=1)
+        torch.testing.assert_close(grad, ref.grad)
+        surrogate_grad = []
+        for sl in chunks:
+            chunk = S[:, sl].clone().requires_grad_()
+            acc.chunk_loss(chunk, P[:, sl]).backward()
+            surrogate_grad.append(chunk.grad)
+        torch.testing.assert_close(torch.cat(surrogate_grad, dim=1), ref.grad)
+
+
+def test_cap_positive_pairs_keeps_the_sampled_one_and_at_most_k():
+    torch.manual_seed(0)
+    rows = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 3, 3])
+    first = torch.tensor([False, False, True, False, True, False, True, False, False, True])
+    for _ in range(5):
+        keep = F.cap_positive_pairs(rows, first, 2, num_rows=4)
+        counts = torch.zeros(4, dtype=torch.long).index_add_(0, rows, keep.long())
+        assert counts.tolist() == [2, 2, 1, 2]
+        assert keep[first].all()
+    assert F.cap_positive_pairs(rows, first, 1, num_rows=4).tolist() == first.tolist()

@@ -73,7 +73,7 @@ def test_dedup_and_positives_mask(loss_cls, fn, use_matrix):
     candidates.requires_grad_()
     matrix = LABEL_MATRIX if use_matrix else None
     loss_obj = loss_cls(model=torch.nn.Identity(), scale=7.0, label_matrix=matrix)
-    loss = loss_obj.compute_loss_from_embeddings(queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids))
+    loss = loss_obj.compute_loss_from_candidates(queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids))
 
     unique_ids = sorted(set(ids))
     mask = expected_mask(QUERY_IDS, POSITIVE_IDS, unique_ids, matrix)
@@ -101,7 +101,7 @@ def test_logq_correction_subtracts_each_labels_log_positive_share(loss_cls, fn):
     for i, label in enumerate(ids):  # same label, same embedding
         candidates[i] = candidates[ids.index(label)]
     loss_obj = loss_cls(model=torch.nn.Identity(), scale=7.0, label_matrix=LABEL_MATRIX, logq_correction=True)
-    got = loss_obj.compute_loss_from_embeddings(queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids))
+    got = loss_obj.compute_loss_from_candidates(queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids))
 
     # by hand: query 0 has {10, 12}, query 1 {11, 12, 13}, query 2 {3, 10}; query 3 none
     share = {3: 1 / 2, 10: 1 / 2 + 1 / 2, 11: 1 / 3, 12: 1 / 2 + 1 / 3, 13: 1 / 3}
@@ -114,12 +114,12 @@ def test_logq_correction_subtracts_each_labels_log_positive_share(loss_cls, fn):
     expected = fn(cosine(queries, unique_emb) * 7.0 - log_q, mask)
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     plain = loss_cls(model=torch.nn.Identity(), scale=7.0, label_matrix=LABEL_MATRIX)
-    assert plain.compute_loss_from_embeddings(
+    assert plain.compute_loss_from_candidates(
         queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids)
     ).item() != pytest.approx(got.item(), rel=1e-3)
     # without the label matrix there is nothing to estimate q from
     with pytest.raises(ValueError, match="logq_correction needs"):
-        loss_cls(model=torch.nn.Identity(), logq_correction=True).compute_loss_from_embeddings(
+        loss_cls(model=torch.nn.Identity(), logq_correction=True).compute_loss_from_candidates(
             queries, candidates, torch.tensor(QUERY_IDS), torch.tensor(ids)
         )
 
@@ -128,9 +128,9 @@ def test_bad_inputs_raise_clear_errors():
     loss = DecoupledSoftmaxLoss(torch.nn.Identity(), label_matrix=LABEL_MATRIX)
     q, c = torch.randn(4, 3), torch.randn(8, 3)
     with pytest.raises(ValueError, match="query_id 7 is outside the label matrix"):
-        loss.compute_loss_from_embeddings(q, c, torch.tensor([0, 1, 7, 2]), torch.arange(8))
+        loss.compute_loss_from_candidates(q, c, torch.tensor([0, 1, 7, 2]), torch.arange(8))
     with pytest.raises(ValueError, match=r"shape \(4, 3\)"):
-        loss.compute_loss_from_embeddings_list([q, c[:4], c[4:]], torch.zeros(4, 2, dtype=torch.long))
+        loss.compute_loss_from_embeddings([q, c[:4], c[4:]], torch.zeros(4, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="scipy sparse"):
         DecoupledSoftmaxLoss(torch.nn.Identity(), label_matrix=np.eye(3))
     with pytest.raises(ValueError, match="scale"):
@@ -261,13 +261,13 @@ def test_legacy_fit_reads_query_and_label_ids(tiny_model, tmp_path, monkeypatch)
     examples = [InputExample(texts=[r["query"], r["positive"]], label=r["label"]) for r in dataset]
     loss = DecoupledSoftmaxLoss(tiny_model, label_matrix=matrix)
     seen = []
-    original = loss.compute_loss_from_embeddings
+    original = loss.compute_loss_from_candidates
 
     def spy(q, c, query_ids, candidate_ids):
         seen.append((query_ids.tolist(), candidate_ids.tolist()))
         return original(q, c, query_ids, candidate_ids)
 
-    loss.compute_loss_from_embeddings = spy
+    loss.compute_loss_from_candidates = spy
     before = [p.detach().clone() for p in tiny_model.parameters()]
     tiny_model.fit(
         train_objectives=[(DataLoader(examples, batch_size=8, shuffle=False), loss)],
@@ -289,7 +289,7 @@ def test_scores_are_fp32_under_autocast():
     ids = torch.arange(4)
     loss_obj = DecoupledSoftmaxLoss(torch.nn.Identity())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = loss_obj.compute_loss_from_embeddings(q, c, ids, ids)
+        loss = loss_obj.compute_loss_from_candidates(q, c, ids, ids)
     assert loss.dtype == torch.float32
     expected = functional.decoupled_softmax(cosine(q.float(), c.float()) * 20.0, torch.eye(4, dtype=torch.bool))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
