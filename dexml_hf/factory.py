@@ -131,8 +131,9 @@ def load_model(
 
     a released DEXML checkpoint, or a plain transformers encoder (no ``modules.json``), goes through
     :func:`~dexml_hf.hub.load_dexml_model` (CLS pooling unless ``pooling``); a sentence-transformers model loads as
-    it is, then ``pooling`` / ``normalize`` / ``max_seq_length`` adjust it. ``similarity_fn_name`` is set to
-    ``cosine`` for normalised embeddings, ``dot`` otherwise (the losses and the label index read it).
+    it is, then ``pooling`` / ``normalize`` / ``max_seq_length`` adjust it. With ``normalize`` given,
+    ``similarity_fn_name`` becomes ``cosine`` (normalised) or ``dot`` (the losses and the label index read it);
+    otherwise the model's own similarity is kept.
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
@@ -170,7 +171,8 @@ def load_model(
                 del model[idx]
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length
-    model.similarity_fn_name = "cosine" if any(isinstance(m, Normalize) for m in model) else "dot"
+    if normalize is not None or model.similarity_fn_name is None:  # else the model's own similarity stands
+        model.similarity_fn_name = "cosine" if any(isinstance(m, Normalize) for m in model) else "dot"
     base = hub_base_model(name)
     if base is not None:
         model.model_card_data.base_model = base

@@ -26,7 +26,9 @@ class PredictArguments:
         default=None, metadata={"help": "LabelIndex folder (LabelIndex.save) or Hub repo id; required"}
     )
     k: int = field(default=5, metadata={"help": "labels per text"})
-    json: bool = field(default=False, metadata={"help": "print JSON lines instead of a table"})
+    json: bool = field(
+        default=False, metadata={"help": "print JSON lines instead of a table (`--json true` before the texts)"}
+    )
     model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
     use_memory: bool = field(
         default=True,

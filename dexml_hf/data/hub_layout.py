@@ -175,12 +175,25 @@ def _read_metadata(source: str, revision: str | None, token: str | None) -> dict
             return {}
     else:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HFValidationError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         try:
             path = Path(hf_hub_download(source, METADATA_FILE, repo_type="dataset", revision=revision, token=token))
         except EntryNotFoundError:
             return {}
+        except RevisionNotFoundError:
+            raise DataError(f"{source}: the dataset repo has no revision {revision!r}") from None
+        except RepositoryNotFoundError:
+            raise DataError(
+                f"{source}: not a local file or folder, and no such dataset repo on the Hub (or no access to it)"
+            ) from None
+        except HFValidationError as err:
+            raise DataError(f"{source}: not a local file or folder, nor a valid Hub dataset id ({err})") from None
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -242,7 +242,8 @@ class XMCLoss(nn.Module):
         scores = self.score(query_embeddings, unique_embeddings)
         if self.logq_correction:
             scores = scores - self._log_prior_of(unique_ids, scores)
-        bad = self._nonfinite_flag(scores)
+        # duplicates are not scored, so their embeddings are checked too (all in one flag: one host sync a step)
+        bad = self._nonfinite_flag(scores) | ~torch.isfinite(local_candidates).all()
         n_queries = positives.any(dim=1).sum()
         if world_size > 1:
             # one all-reduce for the count and the non-finite flag, so every rank raises together (no hang)
@@ -275,7 +276,7 @@ class XMCLoss(nn.Module):
         if bool(((positive_ids < 0) | (positive_ids >= num_labels)).any()):
             raise ValueError(f"positive_ids must lie in [0, {num_labels}), got {positive_ids.tolist()[:10]}")
         scores = self.score(query_embeddings, label_embeddings)
-        if bool(self._nonfinite_flag(scores)):
+        if bool(self._nonfinite_flag(scores)):  # every label is scored: non-finite embeddings show up here
             self._raise_nonfinite(query_embeddings, label_embeddings, None, "label")
         row_index = torch.arange(batch, device=device)
         positives = torch.zeros(batch, num_labels, dtype=torch.bool, device=device)

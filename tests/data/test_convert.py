@@ -35,11 +35,11 @@ def lf_src(tmp_path) -> Path:
 
 def test_convert_writes_a_marked_dataset_that_loads_back(tmp_path, lf_src):
     ds = convert_dataset(lf_src, tmp_path / "out", name="tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lf", "out"]  # no temp folder left
     marker = json.loads((tmp_path / "out" / MARKER_FILE).read_text(encoding="utf-8"))
     assert marker["format"] == "hub" and "pid" not in marker
     assert_same(make_dataset(seed=5), ds)
     assert_same(ds, load_xmc_dataset(tmp_path / "out", cache_dir=str(tmp_path / "cache")))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lf", "out"]  # no temp folder left
 
 
 @pytest.mark.parametrize("output_format", ["lf", "wiki500k", "pecos", "sparse", "bow", "csv"])
@@ -153,6 +153,7 @@ def test_cli_convert(tmp_path, lf_src, capsys):
     assert main(argv) == 0
     assert "labels_unseen_in_train" in capsys.readouterr().out
     assert_same(make_dataset(seed=5), load_xmc_dataset(tmp_path / "out", cache_dir=str(tmp_path / "cache")))
+    capsys.readouterr()  # the load's progress bars
     # user errors: one line on stderr, exit status 2 (usage) / 1 (data), no traceback, DST untouched
     before = _tree(tmp_path / "out")
     assert main(argv) == 2
@@ -179,32 +180,32 @@ _WRITER = textwrap.dedent(
 )
 
 
-def test_kill_9_during_convert_leaves_dst_absent_or_complete(tmp_path):
-    """A real subprocess killed by SIGKILL while its temp folder exists; then a rerun cleans up and completes."""
-    src_ds = make_dataset(seed=11, sizes=(("train", 20000), ("test", 4000)), filters=False)
-    write_lf(src_ds, tmp_path / "src")
+@pytest.mark.parametrize("dst_state", ["absent", "complete"])
+def test_kill_9_during_convert_leaves_dst_absent_or_complete(tmp_path, dst_state):
+    """A real subprocess killed by SIGKILL mid-write (its temp folder is filling); then a rerun cleans up, completes."""
+    write_lf(make_dataset(seed=11, sizes=(("train", 12000), ("test", 3000)), filters=False), tmp_path / "src")
     expected = load_xmc_dataset(tmp_path / "src")
     dst = tmp_path / "dst"
+    if dst_state == "complete":  # the kill hits while a complete DST is being replaced (--overwrite)
+        convert_dataset(tmp_path / "src", dst, output_format="lf")
     code = _WRITER.format(root=str(ROOT), src=str(tmp_path / "src"), dst=str(dst))
-    for attempt in range(2):  # first into a fresh DST, then while replacing a complete one
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            temps = list(tmp_path.glob(".dst.tmp-*"))
-            if temps and any((t / "lbl.json.gz").exists() for t in temps):  # mid-write: files are appearing
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, f"the writer ended before it could be killed: {proc.communicate()}"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL
-        assert list(tmp_path.glob(".dst.tmp-*")), "the kill should have left the temp folder behind"
-        if attempt == 0:
-            assert not dst.exists()
-        else:  # the complete DST from the rerun below is still there and still loads
-            assert_same(expected, load_xmc_dataset(dst), check_meta=False)
-        # a rerun removes the killed run's temp folder and writes a complete DST
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0 and "done" in done.stdout, done.stderr[-2000:]
-        assert not list(tmp_path.glob(".dst.tmp-*")) and not list(tmp_path.glob(".dst.old-*"))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((t / "lbl.json.gz").exists() for t in tmp_path.glob(".dst.tmp-*")):  # mid-write
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the writer ended before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob(".dst.tmp-*")), "the kill should have left the temp folder behind"
+    if dst_state == "absent":
+        assert not dst.exists()
+    else:
         assert_same(expected, load_xmc_dataset(dst), check_meta=False)
+    # a rerun removes the killed run's temp folder and writes a complete DST
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr[-2000:]
+    assert not list(tmp_path.glob(".dst.tmp-*")) and not list(tmp_path.glob(".dst.old-*"))
+    assert_same(expected, load_xmc_dataset(dst), check_meta=False)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dexml_hf.errors import DataError
 from dexml_hf.data import read_bow, read_csv, read_lf, read_pecos, read_sparse, read_wiki500k
+from dexml_hf.errors import DataError
 
 
 def _jl(*records) -> bytes:

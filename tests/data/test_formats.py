@@ -191,35 +191,12 @@ def test_duplicate_ids_keep_max_relevance_and_zero_dropped(tmp_path):
     assert list(ds.queries["train"]["content"]) == ["", "", ""]
 
 
-def test_cli_convert_and_atomicity(tmp_path, capsys):
-    ds = make_dataset(seed=5)
-    write_lf(ds, tmp_path / "lf")
-    assert main(["convert", str(tmp_path / "lf"), str(tmp_path / "out"), "--format", "auto", "--name", "tiny"]) == 0
-    assert_same(ds, load_xmc_dataset(tmp_path / "out", cache_dir=str(tmp_path / "cache")))
-    assert "labels_unseen_in_train" in capsys.readouterr().out
-    # DST exists -> refused; --overwrite replaces
-    with pytest.raises(FileExistsError):
-        main(["convert", str(tmp_path / "lf"), str(tmp_path / "out")])
-    assert (
-        main(["convert", str(tmp_path / "lf"), str(tmp_path / "out"), "--overwrite", "--output-format", "sparse"]) == 0
-    )
-    assert detect_format(tmp_path / "out") == "sparse"
-    # a bad source leaves no DST and no temp folder behind
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "trn_X_Y.txt").write_text("2 3\n0:1\n", encoding="utf-8")
-    (tmp_path / "bad" / "tst_X_Y.txt").write_text("1 3\n0:1\n", encoding="utf-8")
-    before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(ValueError, match="trn_X_Y.txt"):
-        main(["convert", str(tmp_path / "bad"), str(tmp_path / "bad_out"), "--format", "sparse"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
-
-
 def test_writer_failure_leaves_nothing(tmp_path):
     ds = make_dataset(seed=6)
     ds.label_matrices["test"] = sp.csr_matrix((1, 1))  # corrupt after construction: writing breaks midway
     with pytest.raises(Exception):  # noqa: B017 - any failure will do, the point is what is left on disk
         write_lf(ds, tmp_path / "lf")
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # no DST, no temp folder (the CLI/convert cases: test_convert.py)
 
 
 def test_column_mapping_for_target_ind_datasets(tmp_path):

@@ -24,9 +24,9 @@ def small_dataset(tmp_path):
 def test_evaluate_command_writes_report_and_plot(tiny_model_path, tiny_model, small_dataset, tmp_path, capsys):
     ds, folder = small_dataset
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(tiny_model_path), "--dataset", str(folder), "--output-dir", str(out)]) == 0
+    assert main(["evaluate", "--model", str(tiny_model_path), "--dataset", str(folder), "--output_dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| precision |" in printed and "| psp |" in printed
+    assert "| P@1 |" in printed and "| PSP@1 |" in printed and "| R@10 |" in printed
     report = json.loads((out / "eval_test.json").read_text())
     assert (out / "eval_test.png").stat().st_size > 1000
     expected = XMCEvaluator.from_xmc_dataset(ds, split="test", name="")(tiny_model)
@@ -59,13 +59,13 @@ def test_predict_command_prints_top_labels(tiny_model_path, tiny_model, tmp_path
     index = LabelIndex.from_texts(tiny_model, labels)
     index.save(tmp_path / "idx")
     texts = ["reverse a python list", "inner join two tables"]
-    argv = ["predict", "--model", str(tiny_model_path), "--index", str(tmp_path / "idx"), "--k", "2", "--json"]
+    argv = ["predict", "--model", str(tiny_model_path), "--index", str(tmp_path / "idx"), "--k", "2", "--json", "true"]
     assert main([*argv, *texts]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     expected = index.search_texts(tiny_model, texts, k=2)
     assert [line["text"] for line in lines] == texts
     for line, exp in zip(lines, expected):
         assert [h["text"] for h in line["labels"]] == [h["text"] for h in exp]
-    assert main(argv[:-1] + texts[:1]) == 0
+    assert main(argv[:-2] + texts[:1]) == 0
     table = capsys.readouterr().out
     assert table.startswith("reverse a python list\n   1. ") and expected[0][0]["text"] in table

@@ -73,6 +73,7 @@ def test_memory_is_tuned_saved_and_used_by_predict_and_evaluate(tiny_model, synt
     assert loaded.memory is not None and loaded.memory.k == memory.k
 
     texts = synthetic.query_texts("test")[:3]
+    capsys.readouterr()  # the training logs
     argv = ["predict", "--model", str(out), "--index", str(out / "label_index"), "--k", "3", "--json", "true"]
     assert main([*argv, *texts]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

@@ -41,3 +41,34 @@ def test_two_ranks_equal_one_process(tmp_path):
         for key, value in expected.items():
             # loss: mean of the ranks' losses; grads: what DDP left on rank 0 after averaging
             torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+
+
+def test_all_label_engine_on_two_ranks_equals_one_process(tmp_path):
+    """Labels sharded over 2 gloo ranks (chunks dealt round-robin): the decoupled, PAL and exact soft top-k losses
+    (bisection sums and the implicit-gradient sums all-reduced) equal one process on the whole batch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-m", "tests.losses._all_labels_ddp_worker", str(tmp_path)]
+    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    assert (
+        set(ddp)
+        == set(single)
+        == {
+            "decoupled_softmax",
+            "softmax",
+            "soft_topk",
+            "soft_topk_num_pos",
+            "soft_topk_capped",
+        }
+    )
+    for name, expected in single.items():
+        got = ddp[name]
+        assert expected["loss"].item() > 0.01, name
+        # every rank returns the loss of the global batch
+        torch.testing.assert_close(got["losses"], expected["loss"].repeat(2), rtol=1e-5, atol=1e-6, msg=name)
+        for key, value in expected.items():
+            if key != "loss":
+                torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")

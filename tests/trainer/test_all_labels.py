@@ -188,3 +188,111 @@ def test_hand_formula_agrees_with_functional_core():
     positives = torch.rand(4, 9) < 0.3
     positives[:, 0] = True
     torch.testing.assert_close(decoupled_softmax(0.5 * q @ e.T, positives), _hand_decoupled(q, e, positives, 0.5))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# exact all-label soft top-k, and the engine built from a loss
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _dense_topk(model, queries, labels, matrix, sampled, k, max_positives=None, scale=20.0):
+    """soft_topk_loss on the full B x L cosine scores; with max_positives=1 the other positives are -inf."""
+    from dexml_hf.losses.functional import soft_topk_loss
+
+    q = torch.nn.functional.normalize(model(model.preprocess(queries))["sentence_embedding"].float(), dim=-1)
+    e = torch.nn.functional.normalize(model(model.preprocess(labels))["sentence_embedding"].float(), dim=-1)
+    scores = scale * q @ e.T
+    positives = torch.as_tensor(matrix.toarray() > 0)
+    positives[torch.arange(len(queries)), torch.as_tensor(sampled)] = True
+    if max_positives == 1:
+        others = positives.clone()
+        others[torch.arange(len(queries)), torch.as_tensor(sampled)] = False
+        scores = scores.masked_fill(others, float("-inf"))
+        positives = positives & ~others
+    return soft_topk_loss(scores, positives, k=k)
+
+
+@pytest.mark.parametrize(
+    "k,chunk,mini_batch,max_positives",
+    [(3, 4, None, None), (5, 100, None, None), (3, 7, 3, None), ("num_pos", 5, None, None), (2, 6, None, 1)],
+)
+def test_all_labels_soft_topk_matches_the_dense_operator(tiny_model, k, chunk, mini_batch, max_positives):
+    from dexml_hf.losses import SoftTopKLoss
+
+    model = tiny_model.eval()
+    labels, queries, matrix, sampled = _problem()
+    ref = _dense_topk(model, queries, labels, matrix, sampled, k, max_positives)
+    ref.backward()
+    ref_grads = _grads(model)
+    model.zero_grad()
+
+    loss = SoftTopKLoss(model, scale=20.0, k=k, max_positives=max_positives)
+    engine = loss.all_labels_engine(
+        model, labels, model.preprocess, label_chunk_size=chunk, mini_batch_size=mini_batch
+    )
+    value = engine(model.preprocess(queries), torch.as_tensor(sampled), matrix)
+    value.backward()
+    grads = _grads(model)
+    torch.testing.assert_close(value.detach(), ref.detach(), rtol=1e-5, atol=1e-5)
+    assert ref.item() > 0.1
+    assert set(grads) == set(ref_grads)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(
+            grads[name], g, rtol=1e-3, atol=1e-4 * _scale(ref_grads), msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+def test_engine_from_a_loss_reads_positives_from_its_label_matrix(tiny_model):
+    """query_ids instead of label_matrix_rows: the loss's own label matrix gives the positives (on device)."""
+    from dexml_hf.losses import CachedDecoupledSoftmaxLoss
+
+    model = tiny_model.eval()
+    labels, queries, matrix, sampled = _problem()
+    full = sp.vstack([sp.csr_matrix((3, matrix.shape[1])), matrix]).tocsr()  # the batch is rows 3.. of the matrix
+    loss = CachedDecoupledSoftmaxLoss(model, scale=20.0, label_matrix=full)
+    engine = loss.all_labels_engine(model, labels, model.preprocess, label_chunk_size=6)
+    with torch.no_grad():
+        by_ids = engine(model.preprocess(queries), torch.as_tensor(sampled), query_ids=torch.arange(3, 8))
+        by_rows = engine(model.preprocess(queries), torch.as_tensor(sampled), matrix)
+        ref = _brute_force(model, queries, labels, matrix, sampled, 20.0, "decoupled_softmax", normalize=True)
+    torch.testing.assert_close(by_ids, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(by_rows, ref, rtol=1e-5, atol=1e-6)
+
+
+class _TableEncoder(torch.nn.Module):
+    """Texts are row numbers of a fixed table; a linear map embeds them (fast, and NaN rows can be planted)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.linear = torch.nn.Linear(table.shape[1], 4)
+
+    def preprocess(self, texts):
+        return {"x": self.table[torch.tensor([int(t) for t in texts])]}
+
+    def forward(self, features):
+        return {"sentence_embedding": self.linear(features["x"])}
+
+
+@pytest.mark.parametrize("objective", ["decoupled_softmax", "softmax", "soft_topk"])
+def test_all_labels_engine_refuses_nonfinite_embeddings(objective):
+    table = torch.randn(30, 5)
+    table[17, 2] = float("nan")
+    model = _TableEncoder(table)
+    labels = [str(i) for i in range(10, 30)]
+    engine = AllLabelsLoss(model, labels, model.preprocess, label_chunk_size=6, loss=objective, k=2)
+    with pytest.raises(
+        FloatingPointError, match=r"AllLabelsLoss \(.*\): NaN or inf in the label embeddings \(label ids \[7\]\)"
+    ):
+        engine(model.preprocess(["0", "1"]), torch.tensor([0, 1]))
+    with pytest.raises(FloatingPointError, match=r"query embeddings \(batch rows \[1\]\)"):
+        engine(model.preprocess(["3", "17"]), torch.tensor([0, 1]))
+
+
+def test_all_labels_soft_topk_refuses_k_at_least_the_labels():
+    model = _TableEncoder(torch.randn(10, 5))
+    engine = AllLabelsLoss(
+        model, [str(i) for i in range(4)], model.preprocess, label_chunk_size=3, loss="soft_topk", k=4
+    )
+    with pytest.raises(ValueError, match="k=4 but query row 0 sees only 4 candidate"):
+        engine(model.preprocess(["5", "6"]), torch.tensor([0, 1]))
