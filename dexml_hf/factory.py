@@ -206,19 +206,17 @@ def load_dataset(
 ):
     """The :class:`~dexml_hf.data.XMCDataset` named by ``source``: ``synthetic`` (generated, offline), a local path in
     any supported format, or a Hub dataset id (:func:`~dexml_hf.data.load_xmc_dataset` dispatches the last two);
-    the train split cut to its first ``max_train_samples`` queries."""
+    the train split cut to its first ``max_train_samples`` queries. ``synthetic_options`` apply to the
+    synthetic dataset only, ``reader_options`` to a local format's reader."""
+    from dexml_hf.data import load_xmc_dataset
+
+    options = dict(reader_options or {})
     if source == "synthetic":
-        from dexml_hf.data.synthetic import SYNTHETIC_NOTICE, generate_synthetic_xmc
+        from dexml_hf.data.synthetic import SYNTHETIC_NOTICE
 
         logger.warning(SYNTHETIC_NOTICE)
-        dataset = generate_synthetic_xmc(**(synthetic_options or {}))
-    else:
-        from dexml_hf.data import load_xmc_dataset
-
-        kwargs = dict(reader_options or {})
-        if format is not None:
-            kwargs["format"] = format
-        dataset = load_xmc_dataset(source, revision=revision, token=token, **kwargs)
+        options.update(synthetic_options or {})
+    dataset = load_xmc_dataset(source, format=format, revision=revision, token=token, **options)
     if max_train_samples is not None and max_train_samples < dataset.num_queries("train"):
         dataset = dataset.head("train", max_train_samples)
     return dataset

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
+from dexml_hf.data.dataset import LABEL_TEXT_MODES, QUERY_TEXT_MODES
 from dexml_hf.errors import UsageError
 from dexml_hf.factory import LOSSES
 
@@ -17,8 +18,6 @@ __all__ = ["DEXMLTrainingArguments", "NEGATIVES_MODES", "POSITIVE_SAMPLING_MODES
 
 NEGATIVES_MODES = ("in_batch", "all", "all_cached", "hard")
 POSITIVE_SAMPLING_MODES = ("uniform", "relevance")
-QUERY_TEXT_MODES = ("title", "content", "title_content")  # as XMCDataset.query_texts
-LABEL_TEXT_MODES = ("title", "title_alt")  # as XMCDataset.label_texts
 
 
 @dataclass

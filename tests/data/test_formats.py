@@ -229,7 +229,7 @@ def test_cli_convert_push_to_hub(tmp_path, hub_repo_id):
     ds = make_dataset(seed=12, name="LF-Wikipedia-tiny")
     write_lf(ds, tmp_path / "lf")
     argv = ["convert", str(tmp_path / "lf"), str(tmp_path / "out"), "--name", "LF-Wikipedia-tiny"]
-    assert main([*argv, "--push-to-hub", hub_repo_id]) == 0
+    assert main([*argv, "--push_to_hub", hub_repo_id]) == 0
     back = load_xmc_dataset(hub_repo_id, cache_dir=str(tmp_path / "cache"))
     assert back.family == "wikipedia"
     assert_same(ds, back)
