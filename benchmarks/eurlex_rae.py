@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import tempfile
@@ -105,6 +104,7 @@ def train(base, xmc, args, workdir: str, augment: bool):
         report_to="none",
         use_cpu=True,
         disable_tqdm=not args.progress,
+        **extra,
     )
     start = time.perf_counter()
     trainer = DEXMLTrainer(model=model, args=training_args, train_dataset=xmc)
@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show the training progress bars")
-    parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/eurlex_rae[_quick].json)")
+    parser.add_argument(
+        "--output", default=None, help="JSON file (default benchmarks/results/eurlex_rae[_quick].json)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.max_train = args.max_train or 2000
@@ -221,16 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         del model
 
     total = time.perf_counter() - started
+    budget = f"{args.steps} steps" if args.steps else f"{args.epochs:g} epoch(s)"
     columns = ["method", *(label for label, _ in METRICS), "time (s)", "notes"]
     print(
         f"\nEURLEX57K: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test documents, "
         f"{xmc.num_labels} labels; titles, max_seq_length {args.max_seq_length}, batch {args.batch_size}, lr {args.lr}, "
-        f"{'%d steps' % args.steps if args.steps else '%g epoch(s)' % args.epochs} a model, label rows with "
+        f"{budget} a model, label rows with "
         f"co-occurrence top {args.cooccurrence_top}, seed {args.seed}; total {total / 60:.1f} min"
     )
     print(f"machine: {machine()}\n")
     print(markdown_table(rows, columns))
-    output = Path(args.output or Path(__file__).parent / "results" / f"eurlex_rae{'_quick' if args.quick else ''}.json")
+    output = Path(
+        args.output or Path(__file__).parent / "results" / f"eurlex_rae{'_quick' if args.quick else ''}.json"
+    )
     report = {
         "command": "python benchmarks/eurlex_rae.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),

@@ -192,6 +192,22 @@ class DataArguments:
         default=None,
         metadata={"help": "Split evaluated during training (e.g. 'validation'); unset: no evaluation while training."},
     )
+    num_val_points: int | None = field(
+        default=None,
+        metadata={
+            "help": "When the dataset has no 'validation' split: carve one of this many train queries, drawn at "
+            "random (`validation_seed`) and removed from train (XMCDataset.carve_validation), for eval_split: "
+            "validation and load_best_model_at_end without touching test. Ignored (with a warning) when the dataset "
+            "has a validation split. Carved before max_train_samples cuts train."
+        },
+    )
+    validation_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the `num_val_points` draw (independent of the training seed, so runs with other "
+            "training seeds select on the same validation queries)."
+        },
+    )
     synthetic_num_labels: int = field(default=400, metadata={"help": "'synthetic' dataset: number of labels."})
     synthetic_num_train: int = field(default=2000, metadata={"help": "'synthetic' dataset: training queries."})
     synthetic_num_test: int = field(default=500, metadata={"help": "'synthetic' dataset: test queries."})
@@ -216,7 +232,13 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        for name in ("max_train_samples", "synthetic_num_labels", "synthetic_num_train", "synthetic_num_test"):
+        for name in (
+            "max_train_samples",
+            "num_val_points",
+            "synthetic_num_labels",
+            "synthetic_num_train",
+            "synthetic_num_test",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"{name} must be positive, got {value}")
@@ -235,21 +257,35 @@ class DataArguments:
                 "train_positives": self.movielens_train_positives,
                 "views": self.movielens_views,
             }
+        carve = self.num_val_points is not None
         dataset = load_dataset(
             self.dataset,
             format=fmt,
             revision=self.dataset_revision,
             token=token,
-            max_train_samples=self.max_train_samples,
+            max_train_samples=None if carve else self.max_train_samples,
             synthetic_options={
                 "num_labels": self.synthetic_num_labels,
                 "num_train": self.synthetic_num_train,
                 "num_test": self.synthetic_num_test,
-                "num_validation": 200 if "validation" in splits else 0,
+                "num_validation": 200 if "validation" in splits and not carve else 0,
                 "seed": self.synthetic_seed,
             },
             reader_options=reader_options,
         )
+        if carve:  # the validation queries do not depend on max_train_samples (a quick run selects on the same ones)
+            if "validation" in dataset.splits:
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "dataset %s has a validation split (%d queries): num_val_points=%d is ignored",
+                    self.dataset,
+                    dataset.num_queries("validation"),
+                    self.num_val_points,
+                )
+            else:
+                dataset = dataset.carve_validation(self.num_val_points, seed=self.validation_seed)
+            dataset = dataset.head("train", self.max_train_samples)
         for split in ("train", *splits):
             if split is not None and split not in dataset.splits:
                 raise UsageError(f"dataset {self.dataset}: no {split!r} split (has {', '.join(dataset.splits)})")
@@ -260,10 +296,20 @@ def _looks_like_movielens(path: str) -> bool:
     return (Path(path) / "u.data").is_file()
 
 
+@dataclass
+class RunArguments:
+    """How ``dexml-hf train`` runs (not part of the model's configuration)."""
+
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Print the effective settings (world size, global batch, learning rate, ...) and exit."},
+    )
+
+
 def train_argument_classes() -> list[type]:
     from dexml_hf.training_args import DEXMLTrainingArguments
 
-    return [ModelArguments, DataArguments, DEXMLTrainingArguments]
+    return [ModelArguments, DataArguments, DEXMLTrainingArguments, RunArguments]
 
 
 def build_train_parser() -> DEXMLArgumentParser:
@@ -278,9 +324,12 @@ def build_train_parser() -> DEXMLArgumentParser:
     return parser
 
 
+def parse_train_command(argv: list[str] | None = None) -> tuple:
+    """``[--config recipe.yaml] [--key value ...]`` -> (ModelArguments, DataArguments, DEXMLTrainingArguments,
+    RunArguments)."""
+    return build_train_parser().parse(argv)
+
+
 def parse_train_args(argv: list[str] | None = None) -> tuple:
-    """``[--config recipe.yaml] [--key value ...]`` -> (ModelArguments, DataArguments, DEXMLTrainingArguments)."""
-    parsed = build_train_parser().parse(argv)
-    if len(parsed) != 3:
-        raise UsageError(f"dexml-hf train: unrecognized arguments: {vars(parsed[-1])}")
-    return parsed
+    """(ModelArguments, DataArguments, DEXMLTrainingArguments) of a recipe + overrides: what a model is made of."""
+    return parse_train_command(argv)[:3]

@@ -13,7 +13,9 @@ Example::
     model = load_dexml_model("quicktensor/dexml_eurlex-4k")   # CLS pooling, Normalize, max length 128
     model.save("dexml_eurlex-4k-st")   # now a regular SentenceTransformer folder (modules.json included)
 
-To reproduce a published number: ``dexml-hf evaluate --model quicktensor/dexml_eurlex-4k --dataset <hub id>``.
+To reproduce a published number: ``dexml-hf evaluate --model quicktensor/dexml_eurlex-4k --dataset <hub id>``
+(the registry also records the text each checkpoint was trained on, :func:`resolve_text_modes`: the Wikipedia
+checkpoint reads the reference's preprocessed ``wikipedia`` text).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "get_checkpoint",
     "load_dexml_model",
     "resolve_settings",
+    "resolve_text_modes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,10 @@ class DEXMLCheckpoint:
     precision_at_1: float
     precision_at_5: float
     pooling_mode: str = "cls"
+    #: the text the checkpoint was trained on (``XMCDataset`` text modes; ``wikipedia`` = the reference's
+    #: lower-cased, split ``title title content`` of LF-Wikipedia-500K): what an evaluation must feed it
+    query_text_mode: str = "title"
+    label_text_mode: str = "title"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,14 +69,28 @@ class DEXMLCheckpoint:
 DEXML_CHECKPOINTS: dict[str, DEXMLCheckpoint] = {
     c.repo_id: c
     for c in (
-        DEXMLCheckpoint("quicktensor/dexml_eurlex-4k", "EURLex-4K", True, 128, 0.05, 86.78, 60.19),
+        # EURLex-4K's reference text is one raw document a line (the PECOS layout reads it into `title`, so
+        # title_content is that text; an LF-style copy gives title + content).
+        DEXMLCheckpoint(
+            "quicktensor/dexml_eurlex-4k", "EURLex-4K", True, 128, 0.05, 86.78, 60.19, query_text_mode="title_content"
+        ),
         DEXMLCheckpoint(
             "quicktensor/dexml_lf-amazontitles-131k", "LF-AmazonTitles-131K", True, 32, 0.05, 42.52, 20.64
         ),
         DEXMLCheckpoint(
             "quicktensor/dexml_lf-amazontitles-1.3m", "LF-AmazonTitles-1.3M", False, 32, 1.0, 58.40, 45.46
         ),
-        DEXMLCheckpoint("quicktensor/dexml_lf-wikipedia-500k", "LF-Wikipedia-500K", False, 128, 1.0, 85.78, 50.53),
+        DEXMLCheckpoint(
+            "quicktensor/dexml_lf-wikipedia-500k",
+            "LF-Wikipedia-500K",
+            False,
+            128,
+            1.0,
+            85.78,
+            50.53,
+            query_text_mode="wikipedia",
+            label_text_mode="wikipedia",
+        ),
     )
 }
 
@@ -81,6 +102,32 @@ def get_checkpoint(repo_id: str) -> DEXMLCheckpoint | None:
         if known.lower() == key:
             return checkpoint
     return None
+
+
+def resolve_text_modes(
+    repo_id_or_path: str, query_text_mode: str | None = None, label_text_mode: str | None = None
+) -> tuple[str | None, str | None]:
+    """The query and label text modes to evaluate ``repo_id_or_path`` with: an explicit mode wins, else the
+    registry's (how the released checkpoint was trained: ``wikipedia`` for ``quicktensor/dexml_lf-wikipedia-500k``),
+    else ``None`` (the evaluator's default, ``title``).
+
+    ``dexml-hf evaluate`` calls it, so the released Wikipedia checkpoint sees the reference's preprocessed text
+    (lower-cased, split on everything but letters, digits and dots) instead of raw text it was never trained on.
+    """
+    checkpoint = get_checkpoint(repo_id_or_path)
+    if checkpoint is None:
+        return query_text_mode, label_text_mode
+    resolved = (query_text_mode or checkpoint.query_text_mode, label_text_mode or checkpoint.label_text_mode)
+    if resolved != (query_text_mode, label_text_mode):
+        logger.info(
+            "%s was trained on query text %r and label text %r (registry); evaluating with query_text_mode=%s, "
+            "label_text_mode=%s",
+            repo_id_or_path,
+            checkpoint.query_text_mode,
+            checkpoint.label_text_mode,
+            *resolved,
+        )
+    return resolved
 
 
 @dataclass

@@ -197,6 +197,7 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
     metrics: dict[str, float] | None = None
     baseline_metrics: dict[str, float] | None = None
     train_runtime: str | None = None
+    effective_settings: dict[str, Any] | None = None
     recipe: str | None = None
     train_command: str | None = None
     reference_results: str | None = None
@@ -364,6 +365,7 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
             "training_logs": rows,
             "training_log_columns": columns,
             "train_runtime": self.train_runtime,
+            "effective_settings": self.effective_settings,
             "recipe": self.recipe,
             "train_command": self.train_command,
             "reference_results": self.reference_results,

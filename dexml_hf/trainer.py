@@ -70,6 +70,10 @@ class _TestEvaluation(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer._train_start = time.time()
+        settings = args.effective_settings(state.max_steps)
+        self.trainer.model.model_card_data.effective_settings = settings
+        if self.trainer.is_world_process_zero():
+            logger.warning("effective settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
         if args.evaluate_untrained and args.test_split and self.trainer.is_world_process_zero():
             self.trainer.baseline_metrics = self.trainer.evaluate_test(build_index=False)
 
@@ -258,6 +262,16 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             alpha=args.topk_alpha,
             logq_correction=args.logq_correction,
         )
+
+    def get_optimizer_cls_and_kwargs(self, args, model=None):
+        """Upstream optimiser; with ``scale_lr_with_world_size`` every rate times the world size (the reference)."""
+        optimizer_cls, kwargs = super().get_optimizer_cls_and_kwargs(args, model)
+        if args.scale_lr_with_world_size and args.world_size > 1:
+            kwargs["lr"] = kwargs.get("lr", args.learning_rate) * args.world_size
+            for group in kwargs.get("optimizer_dict", []):
+                if "lr" in group:
+                    group["lr"] *= args.world_size
+        return optimizer_cls, kwargs
 
     def _check_loss_for_mode(self) -> None:
         mode = self.args.negatives

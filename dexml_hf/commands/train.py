@@ -23,11 +23,34 @@ def build_parser():
 
 
 def main(argv: list[str]) -> int:
-    from dexml_hf.config import parse_train_args
+    from dexml_hf.config import parse_train_command
 
-    model_args, data_args, training_args = parse_train_args(argv)
+    model_args, data_args, training_args, run_args = parse_train_command(argv)
+    if run_args.dry_run:
+        print_effective_settings(model_args, data_args, training_args)
+        return 0
     run_train(model_args, data_args, training_args, argv=argv)
     return 0
+
+
+def print_effective_settings(model_args, data_args, training_args) -> None:
+    """What a run of these arguments would use, without loading anything."""
+    rows = {
+        "model": model_args.model_name_or_path,
+        "dataset": data_args.dataset,
+        **training_args.effective_settings(),
+        "label_chunk_size": training_args.label_chunk_size,
+        "num_train_epochs": training_args.num_train_epochs,
+        "max_steps": training_args.max_steps,
+        "selection": f"{training_args.metric_for_best_model} on {data_args.eval_split}"
+        if training_args.load_best_model_at_end and data_args.eval_split
+        else "the last step",
+        "test_split": training_args.test_split,
+        "output_dir": training_args.output_dir,
+    }
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():
+        print(f"{key:<{width}}  {value}")
 
 
 def run_train(model_args, data_args, training_args, argv: list[str] | None = None):

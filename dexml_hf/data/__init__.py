@@ -12,6 +12,8 @@ from dexml_hf.data.dataset import (
     XMCDataset,
     infer_family,
     text_table,
+    wikipedia_text,
+    wikipedia_text_array,
 )
 from dexml_hf.data.formats import (
     read_bow,
@@ -57,6 +59,8 @@ __all__ = [
     "resolve_format",
     "save_to_folder",
     "text_table",
+    "wikipedia_text",
+    "wikipedia_text_array",
     "write_bow",
     "write_csv",
     "write_lf",

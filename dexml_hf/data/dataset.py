@@ -32,18 +32,51 @@ TEXT_FEATURES = datasets.Features(
 )
 
 #: How a query / a label becomes text (``query_texts`` / ``label_texts``); the one definition of the modes.
-QUERY_TEXT_MODES = ("title", "content", "title_content")
-LABEL_TEXT_MODES = ("title", "title_alt")
+#: ``wikipedia`` is the DEXML reference's LF-Wikipedia-500K preprocessing (:func:`wikipedia_text`): a query is
+#: ``title + " " + title + " " + content`` and a label its name, lower-cased and split as the reference did.
+QUERY_TEXT_MODES = ("title", "content", "title_content", "wikipedia")
+LABEL_TEXT_MODES = ("title", "title_alt", "wikipedia")
+
+# The reference keeps [a-zA-Z0-9.] of ``text.lower()`` and joins the runs with single spaces. Python's full
+# lower-casing maps exactly two non-ASCII characters onto kept ASCII ones (checked over every code point):
+# U+0130 -> "i" + U+0307 (a separator) and the Kelvin sign U+212A -> "k". Everything else non-ASCII separates.
+_WIKIPEDIA_TO_ASCII = (("\u0130", "i "), ("\u212a", "k"))
+_WIKIPEDIA_SEPARATORS = r"[^a-z0-9.]+"
+
+
+def wikipedia_text(text: str) -> str:
+    """The reference's Wikipedia text normalisation of one string (see :func:`wikipedia_text_array`).
+
+    >>> wikipedia_text("Albert_Einstein (1879–1955): Physicist, Nobel-Prize 1921.")
+    'albert einstein 1879 1955 physicist nobel prize 1921.'
+    """
+    return wikipedia_text_array(pa.array([text], type=pa.string()))[0].as_py()
+
+
+def wikipedia_text_array(texts: pa.Array) -> pa.Array:
+    """Lower-case, cut at every character outside ``[a-z0-9.]`` (dots are kept, as in the reference), drop the
+    empty pieces and join the rest with single spaces; vectorised in Arrow. Equal to Python's
+    ``" ".join(p for p in re.split("[^a-zA-Z0-9.]", s.lower()) if p)`` for every string."""
+    out = texts
+    for char, replacement in _WIKIPEDIA_TO_ASCII:
+        out = pc.replace_substring(out, char, replacement)
+    out = pc.replace_substring_regex(pc.ascii_lower(out), _WIKIPEDIA_SEPARATORS, " ")
+    return pc.utf8_trim(out, " ")
 
 
 def infer_family(name: str | None) -> str:
-    """Guess the propensity family from a dataset name (``LF-AmazonTitles-131K`` -> ``amazon``)."""
+    """Guess the propensity family from a dataset name, as the reference does (``get_inv_prop``).
+
+    ``amazon`` in the name -> ``amazon`` (A, B = 0.6, 2.6); ``wiki`` but not WikiSeeAlso -> ``wikipedia``
+    (0.5, 0.4); anything else, LF-WikiSeeAlso included, -> ``generic`` (0.55, 1.5). Separators are ignored, so
+    ``wiki_see_also`` and ``Wiki-SeeAlso`` are WikiSeeAlso too.
+    """
     if not name:
         return "generic"
-    lowered = name.lower()
-    if "amazon" in lowered:
+    squeezed = re.sub(r"[^a-z0-9]", "", name.lower())
+    if "amazon" in squeezed:
         return "amazon"
-    if re.search(r"wiki", lowered):
+    if "wiki" in squeezed and "wikiseealso" not in squeezed:
         return "wikipedia"
     return "generic"
 
@@ -111,6 +144,8 @@ class XMCDataset:
             predictions at evaluation (the LF "reciprocal pair" files).
         family: ``generic`` | ``amazon`` | ``wikipedia`` (propensity A, B); default inferred from ``name``.
         name: a display name (``EURLEX57K``); used to infer the family.
+        propensity_splits: the splits whose label counts define the propensities (``("train",)``; a validation
+            split carved from train by :meth:`carve_validation` adds itself, so PSP@k stays that of the full train).
 
     Queries without labels and labels never seen in train are kept, and reported by ``summary()``.
     """
@@ -123,6 +158,7 @@ class XMCDataset:
         filters: dict[str, np.ndarray] | None = None,
         family: str | None = None,
         name: str | None = None,
+        propensity_splits: tuple[str, ...] = ("train",),
     ):
         self.name = name
         family = family or infer_family(name)
@@ -160,6 +196,10 @@ class XMCDataset:
                 raise ValueError(f"filters[{split!r}] pair {row} = {pairs[row].tolist()} is out of range")
             if len(pairs):  # no pairs = no filter: one representation, so datasets compare and round-trip equal
                 self.filters[split] = pairs
+        propensity_splits = tuple(propensity_splits)
+        if "train" in self.queries and (not propensity_splits or set(propensity_splits) - set(self.queries)):
+            raise ValueError(f"propensity_splits {propensity_splits} must be splits of the dataset ({self.splits})")
+        self.propensity_splits = propensity_splits
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -185,10 +225,13 @@ class XMCDataset:
     def inv_propensity(self, A: float | None = None, B: float | None = None) -> np.ndarray:  # noqa: N803
         """Inverse propensities ``1 + C (n_l + B)^-A``, ``C = (ln N - 1)(B + 1)^A`` (Jain et al. 2016).
 
-        ``n_l`` are train frequencies and ``N`` the number of train queries; ``A``, ``B`` default to
-        the dataset family's values (DESIGN.md §3).
+        ``n_l`` are train frequencies and ``N`` the number of train queries (train + a validation split carved from
+        it: ``propensity_splits``); ``A``, ``B`` default to the dataset family's values (DESIGN.md §3).
         """
-        return inv_propensity(self.label_frequencies("train"), self.num_queries("train"), A=A, B=B, family=self.family)
+        splits = self.propensity_splits
+        freq = sum(self.label_frequencies(split) for split in splits)
+        points = sum(self.num_queries(split) for split in splits)
+        return inv_propensity(freq, points, A=A, B=B, family=self.family)
 
     def summary(self) -> dict:
         """Counts per split, queries without labels, and labels never seen in train (kept, not dropped)."""
@@ -221,6 +264,8 @@ class XMCDataset:
             out = title
         elif mode == "content":
             out = content
+        elif mode == "wikipedia":  # title twice, then the content (the separators vanish in the normalisation)
+            out = wikipedia_text_array(pc.binary_join_element_wise(title, title, content, " "))
         else:
             out = _join_nonempty(title, content, " ")
         if max_chars is not None:
@@ -230,8 +275,9 @@ class XMCDataset:
     def query_texts(self, split: str = "test", mode: str = "title", max_chars: int | None = None) -> list[str]:
         """Query texts of ``split`` as a list (what ``model.encode`` takes).
 
-        ``mode``: ``title`` (LF "Titles" datasets), ``content``, or ``title_content`` (title + " " +
-        content, then cut to ``max_chars`` characters — a cheap pre-truncation before tokenising).
+        ``mode``: ``title`` (LF "Titles" datasets), ``content``, ``title_content`` (title + " " + content), or
+        ``wikipedia`` (the reference's LF-Wikipedia-500K text: :func:`wikipedia_text` of title + " " + title + " " +
+        content); then cut to ``max_chars`` characters (a cheap pre-truncation before tokenising).
         """
         return self.query_text_array(split, mode, max_chars).to_pylist()
 
@@ -242,10 +288,13 @@ class XMCDataset:
         title = _as_array(_column(self.labels, "title"))
         if mode == "title":
             return title
+        if mode == "wikipedia":
+            return wikipedia_text_array(title)
         return _join_nonempty(title, _as_array(_column(self.labels, "content")), sep)
 
     def label_texts(self, mode: str = "title", sep: str = "; ") -> list[str]:
-        """Label texts: ``title`` (the name) or ``title_alt`` (name + ``sep`` + alternative names)."""
+        """Label texts: ``title`` (the name), ``title_alt`` (name + ``sep`` + alternative names) or ``wikipedia``
+        (:func:`wikipedia_text` of the name, the reference's LF-Wikipedia-500K label text)."""
         return self.label_text_array(mode, sep).to_pylist()
 
     # ------------------------------------------------------------------ training view
@@ -346,7 +395,58 @@ class XMCDataset:
         filters = dict(self.filters)
         if split in filters:
             filters[split] = filters[split][filters[split][:, 0] < n]
-        return XMCDataset(queries, self.labels, matrices, filters, family=self.family, name=self.name)
+        return self._with(queries, matrices, filters)
+
+    def carve_validation(self, num_points: int, seed: int = 0) -> XMCDataset:
+        """A dataset whose new ``validation`` split is ``num_points`` train queries drawn at random (seeded), removed
+        from train: model selection without touching the test split (the reference's ``num_val_points``).
+
+        Both splits keep the original order of their queries; label-matrix rows and the train filter pairs follow
+        their queries (a pair of a carved query becomes a ``validation`` pair, row renumbered). The draw depends
+        only on ``(seed, number of train queries, num_points)``. Propensities keep counting the carved queries
+        (``propensity_splits``), so PSP@k is still that of the full train set. Labels, test, family and name are
+        shared. Refused when the dataset has a validation split already, or ``num_points`` is not below the number
+        of train queries.
+        """
+        if "validation" in self.queries:
+            raise UsageError(
+                f"dataset {self.name or ''} has a validation split already ({self.num_queries('validation')} "
+                "queries); carve one only from a dataset without"
+            )
+        if "train" not in self.queries:
+            raise UsageError(f"dataset {self.name or ''} has no train split to carve a validation split from")
+        n_train = self.num_queries("train")
+        if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or num_points <= 0:
+            raise UsageError(f"num_val_points must be a positive integer, got {num_points!r}")
+        if num_points >= n_train:
+            raise UsageError(
+                f"num_val_points={num_points} must be below the number of train queries ({n_train}): "
+                "train would be left empty"
+            )
+        rng = np.random.default_rng([int(seed), n_train, int(num_points)])
+        in_val = np.zeros(n_train, dtype=bool)
+        in_val[rng.choice(n_train, size=int(num_points), replace=False)] = True
+        val_rows, train_rows = np.flatnonzero(in_val), np.flatnonzero(~in_val)
+        new_row = np.empty(n_train, dtype=np.int64)  # a train row's index in whichever split it lands in
+        new_row[val_rows] = np.arange(len(val_rows))
+        new_row[train_rows] = np.arange(len(train_rows))
+        table, matrix = self.queries["train"], self.label_matrices["train"]
+        queries = {**self.queries, "train": table.select(train_rows), "validation": table.select(val_rows)}
+        matrices = {**self.label_matrices, "train": matrix[train_rows], "validation": matrix[val_rows]}
+        filters = dict(self.filters)
+        pairs = filters.pop("train", None)
+        if pairs is not None:
+            to_val = in_val[pairs[:, 0]]
+            moved = np.column_stack([new_row[pairs[:, 0]], pairs[:, 1]])
+            filters["train"], filters["validation"] = moved[~to_val], moved[to_val]
+        return self._with(queries, matrices, filters, propensity_splits=(*self.propensity_splits, "validation"))
+
+    def _with(self, queries, matrices, filters, propensity_splits: tuple[str, ...] | None = None) -> XMCDataset:
+        """A dataset with other query tables / matrices / filters and this one's labels, family and name."""
+        splits = self.propensity_splits if propensity_splits is None else propensity_splits
+        return XMCDataset(
+            queries, self.labels, matrices, filters, family=self.family, name=self.name, propensity_splits=splits
+        )
 
     # ------------------------------------------------------------------ persistence (through the format registry)
     def save(self, path: str | Path, format: str = "hub", overwrite: bool = False) -> None:  # noqa: A002

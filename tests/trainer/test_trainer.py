@@ -249,3 +249,16 @@ def test_resume_continues_exactly(tiny_model, tmp_path, mode):
     resumed = _params(resumed_model)
     for name, value in reference.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_learning_rate_scales_with_world_size_when_asked(tiny_model, tmp_path, monkeypatch, scale):
+    """The reference optimises with num_gpu x lr; ``scale_lr_with_world_size`` does the same, visibly."""
+    args = _args(tmp_path, learning_rate=1e-3, scale_lr_with_world_size=scale)
+    trainer = DEXMLTrainer(model=tiny_model, args=args, train_dataset=make_xmc())
+    monkeypatch.setattr(DEXMLTrainingArguments, "world_size", property(lambda self: 4))
+    optimizer = trainer.create_optimizer()
+    expected = 4e-3 if scale else 1e-3
+    assert {group["lr"] for group in optimizer.param_groups} == {pytest.approx(expected)}
+    settings = args.effective_settings(num_training_steps=100)
+    assert settings["effective_learning_rate"] == pytest.approx(expected) and settings["global_batch_size"] == 32
