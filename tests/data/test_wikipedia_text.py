@@ -36,7 +36,10 @@ def _by_hand(text: str) -> str:
 @pytest.mark.parametrize(
     "raw,expected",
     [
-        ("Albert_Einstein (1879–1955): Physicist, Nobel-Prize 1921.", "albert einstein 1879 1955 physicist nobel prize 1921."),
+        (
+            "Albert_Einstein (1879–1955): Physicist, Nobel-Prize 1921.",
+            "albert einstein 1879 1955 physicist nobel prize 1921.",
+        ),
         ("  U.S.A. vs. e.g.  ", "u.s.a. vs. e.g."),
         ("Café Zürich", "caf z rich"),  # non-ASCII letters separate, as in the reference
         ("İstanbul", "i stanbul"),  # Python lower-cases İ to i + a combining dot
@@ -75,7 +78,7 @@ def _wiki_dataset() -> XMCDataset:
 
 
 WIKI_QUERIES = [
-    "anarchism anarchism anarchism is a political philosophy see anarchy.",
+    "anarchism anarchism anarchism is a political philosophy see anarchy .",  # ")." leaves a lone "."
     "ada lovelace ada lovelace",
     "x x",
 ]
@@ -91,10 +94,12 @@ def test_wikipedia_modes_of_queries_labels_views_and_evaluators():
     ids = np.asarray(view["label"])
     assert list(view["query"]) == [WIKI_QUERIES[q] for q in ids[:, 0]]
     assert list(view["positive"]) == [WIKI_LABELS[j] for j in ids[:, 1]]
-    evaluator = build_evaluator(ds, "test", query_text_mode="wikipedia", label_text_mode="wikipedia")
+    evaluator = build_evaluator(ds, "test", query_text_mode="wikipedia", label_text_mode="wikipedia", ks=(1,))
     assert evaluator.queries == WIKI_QUERIES and evaluator.label_texts == WIKI_LABELS
     # the other modes are untouched
-    assert ds.query_texts("train", "title_content")[0] == "Anarchism Anarchism is a political_philosophy (see: Anarchy)."
+    assert (
+        ds.query_texts("train", "title_content")[0] == "Anarchism Anarchism is a political_philosophy (see: Anarchy)."
+    )
 
 
 def test_wikipedia_is_a_choice_of_the_training_options():
