@@ -121,8 +121,9 @@ def evaluate(model, xmc, args) -> tuple[dict, dict, dict]:
 
     inv_p = xmc.inv_propensity()
     start = time.perf_counter()
-    index = LabelIndex.from_texts(model, xmc.label_texts("title"), batch_size=128)
-    test_q = index.encode_queries(model, xmc.query_texts("test", "title"), batch_size=128)
+    bars = args.progress
+    index = LabelIndex.from_texts(model, xmc.label_texts("title"), batch_size=128, show_progress_bar=bars)
+    test_q = index.encode_queries(model, xmc.query_texts("test", "title"), batch_size=128, show_progress_bar=bars)
     exclude = xmc.filters.get("test")
     _, ids = index.search(test_q, k=100, exclude=exclude)
     plain = xmc_metrics(ids, xmc.label_matrices["test"], ks=(1, 3, 5), inv_propensity=inv_p)
@@ -130,7 +131,14 @@ def evaluate(model, xmc, args) -> tuple[dict, dict, dict]:
 
     start = time.perf_counter()
     memory = tune_retrieval(
-        model, index, xmc, metric=args.tune_metric, split="validation", batch_size=128, inv_propensity=inv_p
+        model,
+        index,
+        xmc,
+        metric=args.tune_metric,
+        split="validation",
+        batch_size=128,
+        inv_propensity=inv_p,
+        show_progress_bar=bars,
     )
     _, ids = index.search(test_q, k=100, exclude=exclude)
     fused = xmc_metrics(ids, xmc.label_matrices["test"], ks=(1, 3, 5), inv_propensity=inv_p)
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--omikuji-repeats", type=int, default=1, help="omikuji trainings averaged (not seedable)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--progress", action="store_true", help="show the training progress bars")
+    parser.add_argument("--progress", action="store_true", help="show the training and encoding progress bars")
     parser.add_argument(
         "--output", default=None, help="JSON file (default benchmarks/results/eurlex_rae[_quick].json)"
     )

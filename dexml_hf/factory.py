@@ -37,8 +37,8 @@ LOSSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "decoupled_softmax": ("DecoupledSoftmaxLoss", ("logq_correction",)),
     "cached_decoupled_softmax": ("CachedDecoupledSoftmaxLoss", ("logq_correction",)),
     "softmax": ("SoftmaxLoss", ("logq_correction",)),
-    "soft_topk": ("SoftTopKLoss", ("k", "alpha")),
-    "cached_soft_topk": ("CachedSoftTopKLoss", ("k", "alpha")),
+    "soft_topk": ("SoftTopKLoss", ("k", "alpha", "max_positives")),
+    "cached_soft_topk": ("CachedSoftTopKLoss", ("k", "alpha", "max_positives")),
     "ova_bce": ("OvABCELoss", ()),
 }
 
@@ -88,7 +88,8 @@ def loss_class(name: str) -> type:
 
 def loss_options(name: str, k: int = 5, alpha: float = 2.0, logq_correction: bool = False) -> dict[str, Any]:
     """The constructor options of loss ``name`` beyond the common ones (only those the class takes)."""
-    values = {"k": k, "alpha": alpha, "logq_correction": logq_correction}
+    # soft top-k: at most k positives per row and step (the reference samples them), the others masked out
+    values = {"k": k, "alpha": alpha, "logq_correction": logq_correction, "max_positives": k}
     if logq_correction and "logq_correction" not in LOSSES[name][1]:
         raise UsageError(f"logq_correction applies to the softmax losses, not to loss={name!r}")
     return {key: values[key] for key in LOSSES[name][1] if key != "logq_correction" or logq_correction}

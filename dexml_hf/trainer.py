@@ -28,7 +28,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import scipy.sparse as sp
 import torch
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from transformers import TrainerCallback
@@ -467,53 +466,36 @@ class DEXMLTrainer(SentenceTransformerTrainer):
 
     # ------------------------------------------------------------------ losses per mode
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """'in_batch' / 'hard': the loss's own forward; 'all': its exact chunked engine over every label;
+        'all_cached': its loss against the cached label table with the batch's positives re-embedded."""
         mode = self.args.negatives
         if mode in ("in_batch", "hard"):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs.pop("dataset_name", None)
         features, labels = self.collect_features(inputs)
         if labels is None:
-            raise ValueError(f"negatives={mode!r} needs the 'label' column [query_id, positive_id, ...]")
-        labels = labels.cpu()
-        query_ids, positive_ids = labels[:, 0].numpy(), labels[:, 1]
-        rows = self.train_matrix[query_ids]
+            raise UsageError(f"negatives={mode!r} needs the 'label' column [query_id, positive_id, ...]")
+        query_ids, positive_ids = labels[:, 0], labels[:, 1]
         if mode == "all":
-            loss = self._all_labels_engine(model)(features[0], positive_ids, rows)
+            loss = self._all_labels_engine(model)(features[0], positive_ids, query_ids=query_ids)
         else:
-            loss = self._all_cached_loss(model, features, query_ids, positive_ids, rows)
+            queries = model(features[0])["sentence_embedding"]
+            positives = model(features[1])["sentence_embedding"]
+            table = self._cache.get(self.model, self.state.global_step, queries.device)
+            table = table.to(positives.dtype).index_put((positive_ids.to(queries.device),), positives)
+            loss = self.loss.compute_loss_against_labels(queries, table, query_ids, positive_ids)
         return (loss, {}) if return_outputs else loss
-
-    def _similarity_is_cosine(self) -> bool:
-        from sentence_transformers.util import cos_sim
-
-        return getattr(self.loss, "similarity_fct", cos_sim) is cos_sim
 
     def _all_labels_engine(self, model) -> AllLabelsLoss:
         world = self.args.world_size
-        return AllLabelsLoss(
+        return self.loss.all_labels_engine(
             model,
             self._label_texts,
             self.model.preprocess,
-            scale=self.loss.scale,
             label_chunk_size=self.args.label_chunk_size,
             mini_batch_size=self.args.label_mini_batch_size,
-            loss="softmax" if type(self.loss).__name__ == "SoftmaxLoss" else "decoupled_softmax",
             ddp_grad_factor=float(world) if world > 1 else 1.0,
-            normalize=self._similarity_is_cosine(),
         )
-
-    def _all_cached_loss(self, model, features, query_ids, positive_ids, rows: sp.csr_matrix) -> torch.Tensor:
-        """Batch queries vs every label: cached embeddings (no grad), the batch's positives fresh (with grad)."""
-        q = model(features[0])["sentence_embedding"]
-        p = model(features[1])["sentence_embedding"]
-        table = self._cache.get(self.model, self.state.global_step, q.device)
-        candidates = table.to(p.dtype).index_put((positive_ids.to(q.device),), p)
-        scores = self.loss.similarity_fct(q.float(), candidates.float()) * self.loss.scale
-        positives = torch.zeros(scores.shape, dtype=torch.bool)
-        coo = rows.tocoo()
-        positives[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = True
-        positives[torch.arange(len(query_ids)), positive_ids] = True
-        return self.loss.loss_fn(scores, positives.to(scores.device), reduction="mean")
 
     # ------------------------------------------------------------------ saving and the Hub
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

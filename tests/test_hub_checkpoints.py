@@ -189,3 +189,51 @@ def test_registry_lists_the_released_checkpoints():
         assert (entry.normalize, entry.max_seq_length, entry.pooling_mode) == (normalize, max_length, "cls")
     assert get_checkpoint("quicktensor/dexml_eurlex-4k").precision_at_1 == pytest.approx(86.78)
     assert get_checkpoint("someone/else") is None
+
+
+def test_registry_records_the_text_each_checkpoint_was_trained_on():
+    from dexml_hf.data import LABEL_TEXT_MODES, QUERY_TEXT_MODES
+    from dexml_hf.hub import DEXML_CHECKPOINTS, resolve_text_modes
+
+    wiki = "quicktensor/dexml_lf-wikipedia-500k"
+    assert resolve_text_modes(wiki) == ("wikipedia", "wikipedia")
+    assert resolve_text_modes(wiki.upper() + "@main") == ("wikipedia", "wikipedia")
+    assert resolve_text_modes(wiki, query_text_mode="title") == ("title", "wikipedia")  # explicit wins
+    assert resolve_text_modes("quicktensor/dexml_lf-amazontitles-131k") == ("title", "title")
+    assert resolve_text_modes("someone/else") == (None, None)  # unknown: the evaluator's default
+    assert resolve_text_modes("someone/else", "content", "title_alt") == ("content", "title_alt")
+    for entry in DEXML_CHECKPOINTS.values():
+        assert entry.query_text_mode in QUERY_TEXT_MODES and entry.label_text_mode in LABEL_TEXT_MODES
+
+
+def test_wikipedia_checkpoint_is_evaluated_on_the_reference_text(hub_server, distilbert_dir, tmp_path):
+    """The evaluation path of the released Wikipedia checkpoint: registry text modes -> evaluator -> scores of the
+    lower-cased, split texts (written out by hand here), not of the raw ones."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from dexml_hf.data import XMCDataset, text_table
+    from dexml_hf.factory import build_evaluator
+    from dexml_hf.hub import load_dexml_model, resolve_text_modes
+
+    repo_id = "quicktensor/dexml_lf-wikipedia-500k"
+    commit = _push(distilbert_dir, repo_id)
+    model = load_dexml_model(repo_id, revision=commit, device="cpu", cache_folder=str(tmp_path / "c"))
+    queries = text_table(uid=["0", "1"], title=["Ada_Lovelace", "C++"], content=["Mathematician (1815–1852).", ""])
+    labels = text_table(uid=["a", "b"], title=["English_mathematicians", "Programming_languages"])
+    truth = sp.csr_matrix(np.array([[1, 0], [0, 1]], dtype=np.float32))
+    dataset = XMCDataset({"train": queries, "test": queries}, labels, {"train": truth, "test": truth}, name="wiki")
+
+    query_mode, label_mode = resolve_text_modes(repo_id)
+    evaluator = build_evaluator(dataset, "test", query_mode, label_mode, ks=(1,))
+    expected_queries = ["ada lovelace ada lovelace mathematician 1815 1852 .", "c c"]
+    expected_labels = ["english mathematicians", "programming languages"]
+    assert evaluator.queries == expected_queries and evaluator.label_texts == expected_labels
+    scores, ids = evaluator.compute_topk(model)
+    q = _reference(distilbert_dir, expected_queries, 128, False)
+    lab = _reference(distilbert_dir, expected_labels, 128, False)
+    reference = (q @ lab.T).numpy()
+    np.testing.assert_array_equal(ids, np.argsort(-reference, axis=1))
+    np.testing.assert_allclose(scores, np.sort(reference, axis=1)[:, ::-1], rtol=1e-4, atol=1e-4)
+    raw = _reference(distilbert_dir, ["Ada_Lovelace Mathematician (1815–1852)."], 128, False)
+    assert not torch.allclose(raw[0], q[0], atol=1e-4)  # the preprocessing changes what the model sees

@@ -26,12 +26,17 @@ def test_recipe_set_is_complete():
         "lf-amazontitles-131k/distilbert.yaml",
         "lf-amazontitles-1.3m/distilbert.yaml",
         "lf-wikipedia-500k/distilbert.yaml",
+        "eurlex-4k/distilbert-hnm.yaml",
+        "lf-amazontitles-131k/distilbert-hnm.yaml",
+        "lf-wikipedia-500k/distilbert-hnm.yaml",
+        "eurlex-4k/distilbert-topk5.yaml",
+        "eurlex-4k/distilbert-topk100.yaml",
         "eurlex57k/cpu.yaml",
         "stackexchange/cpu.yaml",
         "quickstart.yaml",
     ]:
         assert expected in names
-    assert {p.stem for p in ACCELERATE_CONFIGS} >= {"single_gpu", "ddp", "cpu"}
+    assert {p.stem for p in ACCELERATE_CONFIGS} >= {"single_gpu", "ddp", "cpu", "cpu_ddp"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
@@ -81,6 +86,61 @@ def test_paper_recipes_match_the_paper(dataset):
     assert t.negatives == "all" and t.loss == "decoupled_softmax"
 
 
+# Every paper recipe (DESIGN.md §1, the reference's configs): file -> (loss, negatives, lr per GPU, extra settings).
+PAPER_VARIANTS = {
+    "eurlex-4k/distilbert.yaml": ("decoupled_softmax", "all", 5e-5, {}),
+    "lf-amazontitles-131k/distilbert.yaml": ("decoupled_softmax", "all", 3e-4, {}),
+    "lf-amazontitles-1.3m/distilbert.yaml": ("decoupled_softmax", "all", 3e-4, {}),
+    "lf-wikipedia-500k/distilbert.yaml": ("decoupled_softmax", "all", 7e-5, {}),
+    # dist-de-hnm: mined after epoch 5 (0-based) and used from epoch 6, re-mined every 5 epochs, top-100 shortlist
+    "eurlex-4k/distilbert-hnm.yaml": ("decoupled_softmax", "hard", 5e-5, {"num_hard_negatives": 1}),
+    "lf-amazontitles-131k/distilbert-hnm.yaml": ("decoupled_softmax", "hard", 3e-4, {"num_hard_negatives": 1}),
+    "lf-wikipedia-500k/distilbert-hnm.yaml": ("decoupled_softmax", "hard", 2e-5, {"num_hard_negatives": 5}),
+    # dist-de-all_topk: k = 5, alpha = 2; k = 100 is the paper's R@100 loss
+    "eurlex-4k/distilbert-topk5.yaml": ("soft_topk", "all", 5e-5, {"topk_k": 5, "topk_alpha": 2.0}),
+    "eurlex-4k/distilbert-topk100.yaml": ("soft_topk", "all", 5e-5, {"topk_k": 100, "topk_alpha": 2.0}),
+}
+HARD_NEGATIVES = {"hard_negatives_start_epoch": 6, "mining_interval": 5, "shortlist_size": 100}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_VARIANTS))
+def test_paper_variants_follow_the_reference(name):
+    loss, negatives, lr, extra = PAPER_VARIANTS[name]
+    dataset = name.split("/")[0]
+    batch, chunk, _, tau, normalize, max_len = PAPER[dataset]
+    m, d, t = parse_train_args(["--config", str(ROOT / "recipes" / name)])
+    assert (t.loss, t.negatives, t.learning_rate) == (loss, negatives, lr)
+    assert (t.per_device_train_batch_size, t.label_chunk_size, t.temperature) == (batch, chunk, tau)
+    assert (m.normalize, m.max_seq_length, m.pooling, m.model_name_or_path) == (
+        normalize,
+        max_len,
+        "cls",
+        "distilbert-base-uncased",
+    )
+    assert (t.num_train_epochs, t.weight_decay, t.warmup_steps, t.fp16) == (100, 0.01, 0.1, True)
+    for key, value in {**extra, **(HARD_NEGATIVES if negatives == "hard" else {})}.items():
+        assert getattr(t, key) == value, key
+    # the reference's learning-rate rule: the configured rate is per GPU, the optimiser's is world_size x it
+    assert t.scale_lr_with_world_size is True
+    assert t.effective_learning_rate == pytest.approx(lr * t.world_size)
+    # model selection on a validation split carved from train, never on test
+    assert d.num_val_points is not None and 1000 <= d.num_val_points <= 5000
+    assert d.eval_split == "validation" and t.test_split == "test"
+    assert str(getattr(t.eval_strategy, "value", t.eval_strategy)) == "epoch"
+    assert str(getattr(t.save_strategy, "value", t.save_strategy)) == "epoch"
+    assert t.load_best_model_at_end is True and t.metric_for_best_model == "precision@1"
+    # the reference's LF-Wikipedia-500K text preprocessing, for queries and labels alike
+    wiki = dataset == "lf-wikipedia-500k"
+    assert (t.query_text_mode == "wikipedia", t.label_text_mode == "wikipedia") == (wiki, wiki)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_no_recipe_selects_on_test(recipe):
+    _, d, t = parse_train_args(["--config", str(recipe)])
+    if t.load_best_model_at_end or d.eval_split is not None:
+        assert d.eval_split not in (None, "test", t.test_split)
+
+
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: p.stem)
 def test_accelerate_configs_load(config):
     from accelerate.commands.config.config_args import load_config_from_file
@@ -89,6 +149,12 @@ def test_accelerate_configs_load(config):
     assert cfg.num_processes >= 1
     if config.stem == "cpu":
         assert cfg.use_cpu and cfg.num_processes == 1
+    if config.stem == "ddp":  # the reference's 4 GPUs, and a line on changing the count
+        assert cfg.num_processes == 4 and not cfg.use_cpu
+        assert "--num_processes" in config.read_text()
+    if config.stem == "cpu_ddp":  # 2 CPU processes through accelerate's multi-process (torchrun) launcher
+        assert cfg.use_cpu and cfg.num_processes == 2 and cfg.mixed_precision == "no"
+        assert str(getattr(cfg.distributed_type, "value", cfg.distributed_type)) == "MULTI_GPU"
 
 
 def test_cli_overrides_win_and_yaml_numbers(tmp_path):

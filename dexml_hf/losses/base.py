@@ -179,10 +179,6 @@ class XMCLoss(nn.Module):
         query_ids, candidate_ids = split_labels(labels, embeddings[0].shape[0], len(embeddings) - 1)
         return self.compute_loss_from_candidates(embeddings[0], torch.cat(embeddings[1:]), query_ids, candidate_ids)
 
-    def compute_loss_from_embeddings_list(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
-        """Deprecated alias of :meth:`compute_loss_from_embeddings` (its former name)."""
-        return self.compute_loss_from_embeddings(embeddings, labels)
-
     def compute_loss_from_candidates(
         self,
         query_embeddings: Tensor,

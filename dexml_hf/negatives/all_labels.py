@@ -46,10 +46,9 @@ from tqdm.auto import tqdm
 
 from dexml_hf.losses import functional
 
-__all__ = ["AllLabelsLoss", "ALL_LABEL_OBJECTIVES", "ALL_LABEL_LOSSES"]
+__all__ = ["AllLabelsLoss", "ALL_LABEL_OBJECTIVES"]
 
 ALL_LABEL_OBJECTIVES = ("decoupled_softmax", "softmax", "soft_topk")
-ALL_LABEL_LOSSES = ALL_LABEL_OBJECTIVES  # former name
 
 
 def _world() -> tuple[int, int]:

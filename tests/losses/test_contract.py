@@ -84,7 +84,6 @@ def test_st_entry_takes_a_list_of_column_embeddings(cls):
         columns[0], torch.cat(columns[1:]), LABELS[:, 0], LABELS[:, 1:].T.reshape(-1)
     )
     assert got.item() == pytest.approx(expected.item(), rel=1e-12) and got.item() > 0
-    assert loss.compute_loss_from_embeddings_list(columns, LABELS).item() == pytest.approx(got.item())  # old name
     with pytest.raises(ValueError, match="compute_loss_from_candidates"):
         loss.compute_loss_from_embeddings(columns[0], LABELS)
 

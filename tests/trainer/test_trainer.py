@@ -262,3 +262,27 @@ def test_learning_rate_scales_with_world_size_when_asked(tiny_model, tmp_path, m
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([expected] * len(optimizer.param_groups))
     settings = args.effective_settings(num_training_steps=100)
     assert settings["effective_learning_rate"] == pytest.approx(expected) and settings["global_batch_size"] == 32
+
+
+def test_loss_subclass_and_cached_loss_take_their_parents_path(tiny_model, tmp_path):
+    """The trainer dispatches on the loss's capability (``all_labels_objective``), not on its class name."""
+    from dexml_hf.losses import CachedDecoupledSoftmaxLoss, DecoupledSoftmaxLoss, OvABCELoss
+
+    class MyLoss(DecoupledSoftmaxLoss):
+        pass
+
+    xmc = make_xmc()
+    for loss in (
+        MyLoss(tiny_model, scale=20.0),
+        CachedDecoupledSoftmaxLoss(tiny_model, scale=20.0, mini_batch_size=4),
+    ):
+        args = _args(tmp_path, negatives="all", max_steps=1)
+        trainer = DEXMLTrainer(model=tiny_model, args=args, train_dataset=xmc, loss=loss)
+        engine = trainer._all_labels_engine(tiny_model)
+        assert engine.loss == "decoupled_softmax"
+        assert trainer.loss.label_matrix is not None  # the trainer gave it the training label matrix
+        trainer.train()
+    with pytest.raises(ValueError, match="no exact chunked form"):
+        DEXMLTrainer(
+            model=tiny_model, args=_args(tmp_path, negatives="all"), train_dataset=xmc, loss=OvABCELoss(tiny_model)
+        )
