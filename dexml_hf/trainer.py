@@ -444,7 +444,10 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         return self._view
 
     def _rows_transform(self, batch: dict[str, list]) -> dict[str, list]:
-        return self.training_view(self.epoch)[list(batch["row"])]
+        rows = self.training_view(self.epoch)[list(batch["row"])]
+        if self.args.negatives == "all":  # the engine embeds only the queries; label texts come in chunks
+            return {"query": rows["query"], "label": rows["label"]}
+        return rows
 
     def _positive_ids(self, epoch: int) -> np.ndarray:
         _, label_ids = self.xmc.sample_positives("train", epoch, self.args.seed, self.args.positive_sampling)

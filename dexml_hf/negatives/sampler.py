@@ -37,8 +37,6 @@ class NoDuplicateLabelsBatchSampler(DefaultBatchSampler):
         positive_ids: Callable[[int], np.ndarray] | None = None,
         epoch_of: Callable[[], int] | None = None,
         avoid_duplicates: bool = True,
-        valid_label_columns=None,
-        generator=None,
         seed: int = 0,
     ) -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, seed=seed)
