@@ -16,8 +16,8 @@ from typing import Any
 
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
 
+from dexml_hf.citation import DEXML_CITATION
 from dexml_hf.config import is_secret
-from dexml_hf.losses.base import DEXML_CITATION
 
 __all__ = [
     "DEXML_CITATION",

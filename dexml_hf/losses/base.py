@@ -16,15 +16,7 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.util import all_gather, all_gather_with_grad, cos_sim, get_world_size, similarity_fct_name
 from torch import Tensor, nn
 
-DEXML_CITATION = """
-@inproceedings{gupta2024dualencoders,
-    title={Dual-Encoders for Extreme Multi-Label Classification},
-    author={Nilesh Gupta and Devvrit Khatri and Ankit Singh Rawat and Srinadh Bhojanapalli and Prateek Jain and Inderjit S. Dhillon},
-    booktitle={The Twelfth International Conference on Learning Representations},
-    year={2024},
-    url={https://openreview.net/forum?id=dNe1T0Ahby}
-}
-"""
+from dexml_hf.citation import DEXML_CITATION
 
 
 def _is_distributed() -> bool:

@@ -10,16 +10,10 @@ import evaluate
 import numpy as np
 import scipy.sparse as sp
 
+from dexml_hf.citation import DEXML_CITATION
 from dexml_hf.evaluation.metrics import xmc_metrics
 
-_CITATION = """\
-@inproceedings{gupta2024dexml,
-  title={Dual-Encoders for Extreme Multi-label Classification},
-  author={Gupta, Nilesh and Devvrit, Fnu and Rawat, Ankit Singh and Bhojanapalli, Srinadh and Jain, Prateek and Dhillon, Inderjit S},
-  booktitle={ICLR},
-  year={2024}
-}
-"""
+_CITATION = DEXML_CITATION
 
 _DESCRIPTION = """\
 Ranking metrics of extreme multi-label classification as defined by pyxclib / napkinxc: precision@k,
