@@ -471,7 +471,7 @@ def grid_search(
     temps = sorted({float(x) for x in grid["temperature"]})
     for lam, knn, temp in itertools.product(lams, ks_nn, temps):
         _check_params(lam, knn, temp)
-    family, _, at = metric.partition("@")
+    _, _, at = metric.partition("@")
     if not at.isdigit():
         raise ValueError(f"metric must look like 'precision@1' or 'psp@5', got {metric!r}")
     depth = int(at)
@@ -487,7 +487,10 @@ def grid_search(
     sims, rows = memory.neighbours(q, max(ks_nn))
 
     def value(ids: np.ndarray) -> float:
-        return float(xmc_metrics(ids, truth, ks=(depth,), inv_propensity=inv_propensity)[metric])
+        metrics = xmc_metrics(ids, truth, ks=(depth,), inv_propensity=inv_propensity)
+        if metric not in metrics:
+            raise ValueError(f"metric {metric!r} is not one of {sorted(metrics)} (PSP needs inv_propensity)")
+        return float(metrics[metric])
 
     baseline = value(base[1])
     points = [(1.0, None, None)] if 1.0 in lams else []  # λ = 1 ignores k and T: one point

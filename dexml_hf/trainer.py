@@ -307,6 +307,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
                 card.filtered = bool(len(xmc.filters.get(args.test_split, ())))
                 texts = xmc.query_texts(args.test_split, args.query_text_mode)[:100]
                 card.example_query = next((t for t in texts if t.strip()), card.example_query)
+        if args.load_best_model_at_end and self.evaluator is not None:
+            split = getattr(self.evaluator, "name", "") or "the evaluation split"
+            card.model_selection = f"the checkpoint with the best {args.metric_for_best_model} on {split}"
+            if self.xmc is not None and split in self.xmc.splits:
+                card.model_selection += f" ({self.xmc.num_queries(split):,} queries)"
         card.set_model(self.model)
 
     # ------------------------------------------------------------------ validation and evaluation
@@ -328,8 +333,13 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         from dexml_hf.data import XMCDataset
 
         if isinstance(eval_dataset, XMCDataset):
-            split = "validation" if "validation" in eval_dataset.splits else "test"
-            return eval_dataset, split
+            if "validation" not in eval_dataset.splits:
+                raise UsageError(
+                    "eval_dataset has no 'validation' split, and evaluating during training must not select on "
+                    "test: carve one from train (XMCDataset.carve_validation / --num_val_points), or name a split "
+                    "explicitly (eval_dataset='test' if that is really what you want)"
+                )
+            return eval_dataset, "validation"
         if isinstance(eval_dataset, str):
             if self.xmc is None or eval_dataset not in self.xmc.splits:
                 raise UsageError(f"eval_dataset={eval_dataset!r} is not a split of the training XMCDataset")

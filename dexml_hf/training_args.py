@@ -134,14 +134,17 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
     query_text_mode: str = field(
         default="title",
         metadata={
-            "help": "Query text: 'title', 'content' or 'title_content' of the query table.",
+            "help": "Query text: 'title', 'content' or 'title_content' of the query table, or 'wikipedia' (the "
+            "reference's LF-Wikipedia-500K preprocessing: lower-cased title, title, content, split on "
+            "non-alphanumerics).",
             "choices": list(QUERY_TEXT_MODES),
         },
     )
     label_text_mode: str = field(
         default="title",
         metadata={
-            "help": "Label text: 'title' (the name) or 'title_alt' (name and alternative names).",
+            "help": "Label text: 'title' (the name), 'title_alt' (name and alternative names) or 'wikipedia' (the "
+            "name, preprocessed as the reference does for LF-Wikipedia-500K).",
             "choices": list(LABEL_TEXT_MODES),
         },
     )

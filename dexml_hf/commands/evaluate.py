@@ -39,8 +39,16 @@ class EvaluateArguments:
     ks: str = field(default="1,3,5", metadata={"help": "comma-separated cut-offs"})
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
     max_queries: int | None = field(default=None, metadata={"help": "evaluate only the first N queries"})
-    query_text_mode: str | None = field(default=None, metadata={"help": "query text: title, content, title_content"})
-    label_text_mode: str | None = field(default=None, metadata={"help": "label text: title, title_alt"})
+    query_text_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "query text: title, content, title_content, wikipedia (unset: a released checkpoint's own, else title)"
+        },
+    )
+    label_text_mode: str | None = field(
+        default=None,
+        metadata={"help": "label text: title, title_alt, wikipedia (unset: a released checkpoint's own, else title)"},
+    )
     model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
     dataset_revision: str | None = field(default=None, metadata={"help": "dataset revision on the Hub"})
     plot: bool = field(default=True, metadata={"help": "write the head/torso/tail PNG (needs matplotlib)"})
@@ -170,6 +178,7 @@ def plot_buckets(buckets: dict, ks, path: str | Path, title: str = "") -> Path:
 
 def main(argv: list[str]) -> int:
     from dexml_hf.factory import load_dataset, load_model
+    from dexml_hf.hub import resolve_text_modes
     from dexml_hf.model_card import format_metrics_table
 
     (args,) = build_parser().parse(argv)
@@ -187,6 +196,8 @@ def main(argv: list[str]) -> int:
                 f"index {args.index} ({len(index)} labels, {index.dim} dims) does not fit dataset {args.dataset} "
                 f"({dataset.num_labels} labels) and model {args.model} ({model.get_embedding_dimension()} dims)"
             )
+    # a released checkpoint is evaluated on the texts it was trained on (e.g. Wikipedia's preprocessing)
+    query_mode, label_mode = resolve_text_modes(args.model, args.query_text_mode, args.label_text_mode)
     report = run_evaluate(
         model,
         dataset,
@@ -194,8 +205,8 @@ def main(argv: list[str]) -> int:
         ks=args.cutoffs,
         batch_size=args.batch_size,
         max_queries=args.max_queries,
-        query_mode=args.query_text_mode,
-        label_mode=args.label_text_mode,
+        query_mode=query_mode,
+        label_mode=label_mode,
         output_dir=args.output_dir,
         plot=args.plot,
         model_name=args.model,

@@ -59,7 +59,7 @@ def run_train(model_args, data_args, training_args, argv: list[str] | None = Non
 
     from dexml_hf.config import public_args_dict
     from dexml_hf.factory import is_hub_id
-    from dexml_hf.model_card import PAPER_RESULTS, DEXMLModelCardData, format_metrics_table
+    from dexml_hf.model_card import DEXMLModelCardData, format_metrics_table, paper_results
     from dexml_hf.trainer import DEXMLTrainer
 
     start = time.time()
@@ -80,7 +80,7 @@ def run_train(model_args, data_args, training_args, argv: list[str] | None = Non
     card.pooling = model_args.pooling
     card.recipe = recipe
     card.train_command = _command(argv)
-    card.reference_results = PAPER_RESULTS.get(Path(recipe).parent.name) if recipe else None
+    card.reference_results = paper_results(recipe)
 
     trainer = DEXMLTrainer(model=model, args=training_args, train_dataset=dataset, eval_dataset=data_args.eval_split)
     trainer.train(resume_from_checkpoint=resume)
