@@ -64,9 +64,9 @@ MEMORY_FILE = "memory.safetensors"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: the grid :func:`tune_retrieval` searches by default (λ = 1 is the plain dual encoder, so it can win)
 DEFAULT_GRID: dict[str, tuple] = {
-    "lam": (0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    "lam": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
     "k": (5, 10, 20, 50),
-    "temperature": (0.02, 0.05, 0.1),
+    "temperature": (0.02, 0.05, 0.1, 0.2),
 }
 
 
