@@ -377,7 +377,7 @@ class LabelIndex:
         """Load from a local folder written by :meth:`save`, or download it from a Hub repo id.
 
         ``load_memory=False`` skips a saved retrieval memory (plain dual-encoder search, less memory)."""
-        from safetensors.torch import load_file
+        from dexml_hf.io import read_safetensors
 
         path = Path(path_or_repo_id)
         if not path.is_dir():
@@ -408,7 +408,7 @@ class LabelIndex:
                 f"{config_path}: format_version {version!r} is not one this dexml_hf reads (1 to {FORMAT_VERSION}); "
                 "a newer index needs a newer dexml_hf (pip install -U dexml_hf)"
             )
-        tensors = load_file(str(path / EMBEDDINGS_FILE))
+        tensors = read_safetensors(path / EMBEDDINGS_FILE)
         if "embeddings" not in tensors:
             raise ValueError(f"{path / EMBEDDINGS_FILE}: no tensor named 'embeddings'")
         emb = tensors["embeddings"]

@@ -259,12 +259,12 @@ class RetrievalMemory:
     @classmethod
     def load(cls, path: str | os.PathLike, config: dict[str, Any]) -> RetrievalMemory:
         """Read ``memory.safetensors`` from the folder ``path`` with the ``"memory"`` entry of the index config."""
-        from safetensors.torch import load_file
+        from dexml_hf.io import read_safetensors
 
         file = Path(path) / config.get("file", MEMORY_FILE)
         if not file.is_file():
             raise FileNotFoundError(f"{file} is missing: label_index.json declares a retrieval memory")
-        tensors = load_file(str(file))
+        tensors = read_safetensors(file)
         missing = {"embeddings", "label_indptr", "label_indices"} - set(tensors)
         if missing:
             raise ValueError(f"{file}: missing tensors {sorted(missing)}")

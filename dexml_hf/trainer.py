@@ -599,7 +599,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         return str(path)
 
     def _load_from_checkpoint(self, checkpoint_path: str) -> None:
-        from safetensors.numpy import load_file
+        from dexml_hf.io import read_json, read_safetensors
 
         super()._load_from_checkpoint(checkpoint_path)
         folder = Path(checkpoint_path)
@@ -608,12 +608,9 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             raise DataError(
                 f"{checkpoint_path}: no {meta_path.name}; this checkpoint cannot resume the negatives state"
             )
-        try:
-            scalars = json.loads(meta_path.read_text(encoding="utf-8"))
-            tensors_path = folder / f"{NEGATIVES_STATE}.safetensors"
-            arrays = load_file(str(tensors_path)) if tensors_path.is_file() else {}
-        except (ValueError, OSError) as err:
-            raise DataError(f"{checkpoint_path}: unreadable negatives state ({err})") from err
+        scalars = read_json(meta_path)
+        tensors_path = folder / f"{NEGATIVES_STATE}.safetensors"
+        arrays = read_safetensors(tensors_path, framework="numpy") if tensors_path.is_file() else {}
         if self.args.negatives == "hard" and scalars.get("shortlist_epoch") is not None:
             if "shortlists" not in arrays:
                 raise DataError(f"{tensors_path}: the mined shortlists are missing")
