@@ -26,6 +26,8 @@ _EXPORTS = {
     "XMCEvaluator": "dexml_hf.evaluation",
     "xmc_metrics": "dexml_hf.evaluation",
     "LabelIndex": "dexml_hf.index",
+    "RetrievalMemory": "dexml_hf.retrieval",
+    "tune_retrieval": "dexml_hf.retrieval",
     # training
     "DEXMLTrainer": "dexml_hf.trainer",
     "DEXMLTrainingArguments": "dexml_hf.training_args",

@@ -117,10 +117,14 @@ def _metric_name(key: str) -> str:
 
 
 def format_metrics_table(
-    metrics: dict[str, float], baseline: dict[str, float] | None = None, every_metric: bool = False
+    metrics: dict[str, float],
+    baseline: dict[str, float] | None = None,
+    every_metric: bool = False,
+    extra_rows: tuple[tuple[str, dict[str, float]], ...] = (),
 ) -> str:
     """The one markdown table of XMC metrics (percentages): the card's columns (``METRIC_ROWS``), or with
-    ``every_metric`` every key of ``metrics`` (family by family, k ascending); an 'untrained' row when given."""
+    ``every_metric`` every key of ``metrics`` (family by family, k ascending); an 'untrained' row and
+    ``extra_rows`` (label, metrics) before the model's own row when given."""
     if every_metric:
         order = {family: i for i, family in enumerate(_FAMILY_NAMES)}
         keys = sorted(metrics, key=lambda k: (order.get(k.split("@")[0], 99), k.split("@")[0], int(k.split("@")[1])))
@@ -135,6 +139,10 @@ def format_metrics_table(
             "| untrained | "
             + " | ".join(f"{100 * baseline[key]:.2f}" if key in baseline else "" for key, _ in rows)
             + " |"
+        )
+    for label, values in extra_rows:
+        lines.append(
+            f"| {label} | " + " | ".join(f"{100 * values[key]:.2f}" if key in values else "" for key, _ in rows) + " |"
         )
     lines.append("| **this model** | " + " | ".join(f"{100 * metrics[key]:.2f}" for key, _ in rows) + " |")
     return "\n".join(lines)
@@ -205,6 +213,8 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
     hyperparameters: dict[str, Any] | None = None  # None: sentence-transformers' non-default hyperparameters
     metrics: dict[str, float] | None = None
     baseline_metrics: dict[str, float] | None = None
+    dual_encoder_metrics: dict[str, float] | None = None  # with a retrieval memory: the encoder alone
+    retrieval: dict[str, Any] | None = None  # the memory's chosen lam, k, temperature
     train_runtime: str | None = None
     model_selection: str | None = None
     effective_settings: dict[str, Any] | None = None
@@ -378,7 +388,12 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
             "temperature": self.temperature,
             "top_k": self.top_k,
             "hyperparameters": {k: v for k, v in hyperparameters.items() if not is_secret(k)},
-            "metrics_table": format_metrics_table(self.metrics or {}, self.baseline_metrics),
+            "metrics_table": format_metrics_table(
+                self.metrics or {},
+                self.baseline_metrics,
+                extra_rows=(("dual encoder alone", self.dual_encoder_metrics),) if self.dual_encoder_metrics else (),
+            ),
+            "retrieval": self.retrieval,
             "training_logs": rows,
             "training_log_columns": columns,
             "train_runtime": self.train_runtime,

@@ -410,6 +410,10 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             self.label_index = index
             card = self.model.model_card_data
             card.metrics, card.baseline_metrics = metrics, self.baseline_metrics
+            card.dual_encoder_metrics = self.dual_encoder_metrics
+            if self.dual_encoder_metrics is not None and index.memory is not None:
+                memory = index.memory
+                card.retrieval = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
             card.num_eval_queries = len(evaluator.queries)
         return metrics
 

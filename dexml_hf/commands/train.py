@@ -88,7 +88,9 @@ def run_train(model_args, data_args, training_args, argv: list[str] | None = Non
         return trainer
     if trainer.test_metrics is not None:
         title = f"{dataset.name or data_args.dataset}: {training_args.test_split} split, exact search (%)"
-        print(f"\n{title}\n{format_metrics_table(trainer.test_metrics, trainer.baseline_metrics)}\n", flush=True)
+        extra = (("dual encoder alone", trainer.dual_encoder_metrics),) if trainer.dual_encoder_metrics else ()
+        table = format_metrics_table(trainer.test_metrics, trainer.baseline_metrics, extra_rows=extra)
+        print(f"\n{title}\n{table}\n", flush=True)
     trainer.save_model()
     output_dir = Path(training_args.output_dir)
     config = public_args_dict(model_args, data_args, training_args)
