@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("train", "evaluate", "predict", "convert", "card")
+SUBCOMMANDS = ("train", "evaluate", "predict", "convert", "card", "memory")
 
 
 def _usage() -> str:

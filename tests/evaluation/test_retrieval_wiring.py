@@ -101,3 +101,27 @@ def test_memory_is_tuned_saved_and_used_by_predict_and_evaluate(tiny_model, synt
     for key in ("precision@1", "precision@5", "psp@5"):
         assert report["metrics"][key] == pytest.approx(expected[key], abs=1e-9)
     np.testing.assert_allclose(results["metrics"]["precision@1"], expected["precision@1"], atol=1e-9)
+
+
+def test_memory_command_tunes_on_validation_and_saves(tiny_model, tiny_model_path, synthetic, tmp_path, capsys):
+    """`dexml-hf memory` for an existing model: the same memory and choice as tune_retrieval on the same data."""
+    from dexml_hf.data import save_to_folder
+    from dexml_hf.retrieval import tune_retrieval
+
+    save_to_folder(synthetic, tmp_path / "ds")
+    out = tmp_path / "idx"
+    argv = ["memory", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds"), "--output", str(out)]
+    assert main(argv) == 0
+    assert "retrieval memory of 120 queries" in capsys.readouterr().out
+    saved = LabelIndex.load(out)
+    expected_index = LabelIndex.from_texts(tiny_model, synthetic.label_texts())
+    expected = tune_retrieval(
+        tiny_model, expected_index, synthetic, holdout=24, inv_propensity=synthetic.inv_propensity()
+    )
+    assert saved.memory.tuning["split"] == "validation"  # chosen on validation, not test
+    assert (saved.memory.lam, saved.memory.k, saved.memory.temperature) == (
+        expected.lam,
+        expected.k,
+        expected.temperature,
+    )
+    assert main(["memory", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds")]) == 2

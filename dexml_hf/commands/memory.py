@@ -1,0 +1,78 @@
+"""``dexml-hf memory``: give a trained model's label index a retrieval memory, its λ, k, T chosen on validation.
+
+    dexml-hf memory --model out/ --dataset ../shared/data/eurlex57k --output out/label_index
+
+Embeds the dataset's training queries (the memory) and its labels (the index), chooses λ, k and the temperature on
+the ``validation`` split (or, without one, on a seeded slice of train left out of the memory while tuning; never on
+test) and saves the index with ``memory.safetensors``. ``dexml-hf predict`` and ``dexml-hf evaluate --index`` then
+rank with it (``dexml_hf.retrieval``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from dexml_hf.errors import UsageError
+
+__all__ = ["MemoryArguments", "build_parser", "main"]
+
+HELP = "add a retrieval memory (training queries, tuned on validation) to a model's label index"
+
+
+@dataclass
+class MemoryArguments:
+    """Build a label index with a retrieval memory for a trained model."""
+
+    model: str | None = field(default=None, metadata={"help": "the trained model (path or Hub id); required"})
+    dataset: str | None = field(default=None, metadata={"help": "its XMC dataset (path or Hub id); required"})
+    output: str | None = field(default=None, metadata={"help": "folder to save the label index into; required"})
+    dataset_format: str | None = field(default=None, metadata={"help": "format of a local dataset (default: detect)"})
+    query_text_mode: str = field(default="title", metadata={"help": "query text of the dataset"})
+    label_text_mode: str = field(default="title", metadata={"help": "label text of the dataset"})
+    metric: str = field(default="precision@1", metadata={"help": "validation metric maximised (e.g. psp@5)"})
+    holdout: int = field(default=2000, metadata={"help": "without a validation split: train queries held out"})
+    seed: int = field(default=0, metadata={"help": "seed of the held-out slice"})
+    batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
+
+    def __post_init__(self):
+        if not (self.model and self.dataset and self.output):
+            raise UsageError("--model, --dataset and --output are required")
+        if self.holdout < 1 or self.batch_size < 1:
+            raise UsageError("--holdout and --batch_size must be positive")
+
+
+def build_parser():
+    from dexml_hf.config import DEXMLArgumentParser
+
+    return DEXMLArgumentParser([MemoryArguments], prog="dexml-hf memory", description=__doc__)
+
+
+def main(argv: list[str]) -> int:
+    from dexml_hf.factory import load_dataset, load_model
+    from dexml_hf.index import LabelIndex
+    from dexml_hf.retrieval import tune_retrieval
+
+    (args,) = build_parser().parse(argv)
+    model = load_model(args.model)
+    xmc = load_dataset(args.dataset, format=args.dataset_format)
+    index = LabelIndex.from_texts(
+        model, xmc.label_texts(args.label_text_mode), label_ids=xmc.labels["uid"], batch_size=args.batch_size
+    )
+    memory = tune_retrieval(
+        model,
+        index,
+        xmc,
+        metric=args.metric,
+        holdout=min(args.holdout, max(1, xmc.num_queries("train") // 5)),
+        seed=args.seed,
+        query_mode=args.query_text_mode,
+        batch_size=args.batch_size,
+        inv_propensity=xmc.inv_propensity(),
+    )
+    index.save(args.output)
+    chosen = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
+    print(
+        f"saved {args.output} with a retrieval memory of {memory.embeddings.shape[0]:,} queries: {json.dumps(chosen)}"
+    )
+    return 0
