@@ -52,17 +52,15 @@ METRICS = (
 
 def load_data(folder: Path, max_train: int | None, max_val: int | None, max_test: int | None):
     """EURLEX57K (LF raw) cut to the first documents of each split; every label kept."""
-    from dexml_hf.data import XMCDataset, read_xmc
+    from dexml_hf.data import read_xmc
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is missing (the shared EURLEX57K data)")
     full = read_xmc(folder, name="EURLEX57K")
     limits = {"train": max_train, "validation": max_val, "test": max_test}
-    sizes = {s: min(limits[s] or full.num_queries(s), full.num_queries(s)) for s in full.splits}
-    queries = {s: full.queries[s].select(range(n)) for s, n in sizes.items()}
-    matrices = {s: full.label_matrices[s][:n] for s, n in sizes.items()}
-    filters = {s: p[p[:, 0] < sizes[s]] for s, p in full.filters.items()}
-    return XMCDataset(queries, full.labels, matrices, filters=filters, family=full.family, name="EURLEX57K")
+    for split, n in limits.items():
+        full = full.head(split, n)
+    return full
 
 
 def base_model(max_seq_length: int):

@@ -147,17 +147,13 @@ class XMCEvaluator(BaseEvaluator):
         ``max_queries`` keeps the first queries only (a quick evaluation during training)."""
         if split not in dataset.label_matrices:
             raise ValueError(f"dataset has no split {split!r}; splits: {sorted(dataset.label_matrices)}")
+        if propensity and "inv_propensity" not in kwargs and "train" in dataset.label_matrices:
+            kwargs["inv_propensity"] = dataset.inv_propensity()  # of the whole training split
+        dataset = dataset.head(split, max_queries)
         queries = list(dataset.query_texts(split) if query_mode is None else dataset.query_texts(split, query_mode))
         labels = list(dataset.label_texts() if label_mode is None else dataset.label_texts(label_mode))
         truth = sp.csr_matrix(dataset.label_matrices[split])
-        filters = (getattr(dataset, "filters", None) or {}).get(split)
-        if max_queries is not None and max_queries < len(queries):
-            queries, truth = queries[:max_queries], truth[:max_queries]
-            if filters is not None and len(filters):
-                filters = np.asarray(filters)
-                filters = filters[filters[:, 0] < max_queries]
-        if propensity and "inv_propensity" not in kwargs and "train" in dataset.label_matrices:
-            kwargs["inv_propensity"] = dataset.inv_propensity()
+        filters = dataset.filters.get(split)
         kwargs.setdefault("name", getattr(dataset, "name", None) or split)
         return cls(queries, labels, truth, filters=filters, **kwargs)
 

@@ -59,34 +59,29 @@ def test_evaluator_validates_shapes():
         XMCEvaluator(queries, LABELS, truth, inv_propensity=np.ones(3))
 
 
-class _FakeXMCDataset:
-    """Just the XMCDataset surface from docs/architecture.md that the evaluator uses."""
+def _xmc(queries, truth):
+    from dexml_hf.data import XMCDataset, text_table
 
-    def __init__(self, queries, truth):
-        self._queries = queries
-        self.label_matrices = {"train": truth, "test": truth}
-        self.filters = {"test": np.array([[0, 1], [2, 2]])}
-        self.name = "fake"
-
-    def query_texts(self, split, mode="title"):
-        return self._queries
-
-    def label_texts(self, mode="title"):
-        return LABELS
-
-    def inv_propensity(self, A=None, B=None):
-        return inv_propensity(np.asarray(self.label_matrices["train"].sum(0)).ravel(), self._queries.__len__())
+    tables = {split: text_table(title=queries) for split in ("train", "test")}
+    return XMCDataset(
+        tables,
+        text_table(title=LABELS),
+        {"train": truth, "test": truth},
+        filters={"test": np.array([[0, 1], [2, 2], [12, 3]])},
+        name="fake",
+    )
 
 
 def test_from_xmc_dataset_uses_split_filters_and_propensities(tiny_model):
     queries, truth = _problem()
-    ev = XMCEvaluator.from_xmc_dataset(_FakeXMCDataset(queries, truth), split="test", max_queries=10)
+    ev = XMCEvaluator.from_xmc_dataset(_xmc(queries, truth), split="test", max_queries=10)
     assert ev.name == "fake" and len(ev.queries) == 10 and ev.truth.shape == (10, 11)
-    np.testing.assert_array_equal(ev.filters, [[0, 1], [2, 2]])
+    np.testing.assert_array_equal(ev.filters, [[0, 1], [2, 2]])  # the pair of query 12 left with the query
+    np.testing.assert_allclose(ev.inv_propensity, inv_propensity(np.asarray(truth.sum(0)).ravel(), len(queries)))
     out = ev(tiny_model)
     assert "fake_psp@5" in out and "fake_recall@10" in out
     with pytest.raises(ValueError, match="no split"):
-        XMCEvaluator.from_xmc_dataset(_FakeXMCDataset(queries, truth), split="validation")
+        XMCEvaluator.from_xmc_dataset(_xmc(queries, truth), split="validation")
 
 
 def test_trainer_logs_metric_and_loads_best_checkpoint(tiny_model, tmp_path):
