@@ -646,7 +646,7 @@ def _refuse_unsynchronised_processes(args: DEXMLTrainingArguments) -> None:
     """Several processes that the Trainer would not run data-parallel would train independent models."""
     initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if (initialised or launched) and args.parallel_mode != ParallelMode.DISTRIBUTED:
+    if (initialised or launched) and args.parallel_mode in (ParallelMode.NOT_PARALLEL, ParallelMode.NOT_DISTRIBUTED):
         raise UsageError(
             f"{os.environ.get('WORLD_SIZE', '?')} processes were launched but the Trainer would run them as "
             f"{args.parallel_mode.value}, i.e. independent unsynchronised models; launch with a distributed "
