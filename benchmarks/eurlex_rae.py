@@ -5,7 +5,8 @@ One run, side by side, on the same split and texts (document titles), all 4,271 
 - ``omikuji``: TF-IDF (1-2 grams) + omikuji with its default settings (``benchmarks/accuracy.py``'s helper);
 - ``dual encoder``: the bundled all-MiniLM-L6-v2 trained by :class:`~dexml_hf.trainer.DEXMLTrainer` (decoupled
   softmax, in-batch negatives masked by the label matrix, τ 0.05, batch 64, lr 5e-5 AdamW wd 0.01, linear with 10 %
-  warm-up, ``--max-seq-length`` tokens, one epoch unless ``--epochs`` / ``--steps``), exact search over all labels;
+  warm-up, trained on ``--train-max-length`` tokens (``max_length``) and evaluated on ``--max-seq-length`` tokens,
+  one epoch unless ``--epochs`` / ``--steps``), exact search over all labels;
 - ``+ retrieval``: the same model with the training queries as a retrieval memory (``dexml_hf.retrieval``:
   ``λ·cos(q, l) + (1 − λ)·Σ_kNN softmax(cos(q, q')/T)·Y[q', l]``), λ, k, T chosen by P@1 (``--tune-metric``) on the
   **validation** split (``val.json.gz``, cut to ``--max-val``), never on test;
@@ -19,7 +20,8 @@ part. The first ``--max-train`` / ``--max-test`` / ``--max-val`` documents of ea
 
     python benchmarks/eurlex_rae.py                  # full: 45,000 train / 6,000 val / 6,000 test, one epoch a model
     python benchmarks/eurlex_rae.py --quick          # ~2-3 min: 2,000 / 500 / 500 documents, 20 steps a model
-    python benchmarks/eurlex_rae.py --max-train 4000 --max-test 1000 --max-seq-length 64 --epochs 2  # the subset
+    python benchmarks/eurlex_rae.py --max-train 4000 --max-test 1000 --train-max-length 64 --max-seq-length 64 \
+        --epochs 2                                   # the subset
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def train(base, xmc, args, workdir: str, augment: bool):
         label_cooccurrence_top=args.cooccurrence_top if augment else 0,
         positive_sampling="relevance" if augment and args.cooccurrence_top else "uniform",
         encode_batch_size=128,
+        max_length=args.train_max_length,
         seed=args.seed,
         data_seed=args.seed,
         save_strategy="no",
@@ -168,7 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--max-seq-length", type=int, default=32)
+    parser.add_argument(
+        "--max-seq-length", type=int, default=128, help="the model's token limit: evaluation and retrieval memory"
+    )
+    parser.add_argument(
+        "--train-max-length",
+        type=int,
+        default=32,
+        help="token limit of the training batches (DEXMLTrainingArguments.max_length); 0: --max-seq-length",
+    )
     parser.add_argument("--cooccurrence-top", type=int, default=0, help="label rows: co-occurring positives")
     parser.add_argument("--tune-metric", default="precision@1", help="validation metric choosing lam, k, T")
     parser.add_argument("--omikuji-repeats", type=int, default=1, help="omikuji trainings averaged (not seedable)")
@@ -179,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default=None, help="JSON file (default benchmarks/results/eurlex_rae[_quick].json)"
     )
     args = parser.parse_args(argv)
+    args.train_max_length = args.train_max_length or None
     if args.quick:
         args.max_train = args.max_train or 2000
         args.max_val = args.max_val or 500
@@ -233,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["method", *(label for label, _ in METRICS), "time (s)", "notes"]
     print(
         f"\nEURLEX57K: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test documents, "
-        f"{xmc.num_labels} labels; titles, max_seq_length {args.max_seq_length}, batch {args.batch_size}, lr {args.lr}, "
+        f"{xmc.num_labels} labels; titles, trained on {args.train_max_length or args.max_seq_length} tokens, "
+        f"evaluated on {args.max_seq_length}, batch {args.batch_size}, lr {args.lr}, "
         f"{budget} a model, label rows with "
         f"co-occurrence top {args.cooccurrence_top}, seed {args.seed}; total {total / 60:.1f} min"
     )

@@ -82,9 +82,11 @@ def encode_texts(
     batch_size: int = 64,
     normalize: bool | None = None,
     show_progress_bar: bool | None = None,
+    max_length: int | None = None,
 ) -> torch.Tensor:
     """Embed ``texts`` as ``role`` (``"query"`` or ``"label"``): batched, with the model's prompt of that name
-    if it has one, its max length, and normalisation per :func:`resolve_normalize`. Returns fp32 on CPU."""
+    if it has one, its max length (or ``max_length`` tokens), and normalisation per :func:`resolve_normalize`.
+    Returns fp32 on CPU."""
     texts = list(texts)
     if not texts:
         dim = model.get_embedding_dimension() or 0
@@ -99,6 +101,7 @@ def encode_texts(
         show_progress_bar=show_progress_bar,
         convert_to_tensor=True,
         normalize_embeddings=resolve_normalize(model, normalize),
+        **({"processing_kwargs": {"text": {"max_length": max_length}}} if max_length is not None else {}),
     )
     return emb.detach().to("cpu", torch.float32)
 

@@ -244,7 +244,9 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         self.add_callback(_TestEvaluation(self))
         self._fill_card()
         if args.negatives == "all_cached":
-            self._cache = LabelEmbeddingCache(self._label_texts, args.label_refresh_steps, args.encode_batch_size)
+            self._cache = LabelEmbeddingCache(
+                self._label_texts, args.label_refresh_steps, args.encode_batch_size, max_length=args.max_length
+            )
 
     def get_default_loss(self, model):
         """``args.loss`` from the factory: scale 1/τ, the training label matrix, the global batch across ranks."""
@@ -503,12 +505,18 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             loss = self.loss.compute_loss_against_labels(queries, table, query_ids, positive_ids)
         return (loss, {}) if return_outputs else loss
 
+    def _training_preprocess(self, texts, **kwargs):
+        """The model's tokenisation, at the training token limit ``args.max_length`` when set."""
+        if self.args.max_length is not None:
+            kwargs.setdefault("max_length", self.args.max_length)
+        return self.model.preprocess(texts, **kwargs)
+
     def _all_labels_engine(self, model) -> AllLabelsLoss:
         world = self.args.world_size
         return self.loss.all_labels_engine(
             model,
             self._label_texts,
-            self.model.preprocess,
+            self._training_preprocess,
             label_chunk_size=self.args.label_chunk_size,
             mini_batch_size=self.args.label_mini_batch_size,
             ddp_grad_factor=float(world) if world > 1 else 1.0,

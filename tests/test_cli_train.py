@@ -177,3 +177,33 @@ def test_movielens_recipe_beats_popularity(tmp_path, shared_data):
     assert popularity == pytest.approx(0.2557, abs=5e-4)  # the figure quoted in benchmarks/RESULTS.md
     assert results["metrics"]["precision@5"] > popularity
     assert results["untrained_metrics"]["precision@5"] < popularity
+
+
+def test_dry_run_prints_the_effective_settings_without_loading(capsys, tmp_path):
+    """`--dry_run true` on a paper recipe: the settings a run would use, overrides included, and nothing written
+    (the recipe's model and data do not even exist here)."""
+    code = main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "recipes" / "eurlex-4k" / "distilbert.yaml"),
+            "--dry_run",
+            "true",
+            "--max_length",
+            "16",
+            "--learning_rate",
+            "3e-5",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
+    recipe = yaml.safe_load((ROOT / "recipes" / "eurlex-4k" / "distilbert.yaml").read_text())
+    assert rows["model"] == recipe["model_name_or_path"]
+    assert rows["world_size"] == "1" and rows["global_batch_size"] == str(recipe["per_device_train_batch_size"])
+    assert float(rows["learning_rate"]) == 3e-5 and float(rows["effective_learning_rate"]) == 3e-5
+    assert rows["max_length"] == "16"
+    assert rows["negatives"] == recipe["negatives"]
+    assert rows["selection"].startswith("precision@1 on ")
+    assert not (tmp_path / "out").exists()

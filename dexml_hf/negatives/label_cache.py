@@ -18,12 +18,15 @@ __all__ = ["LabelEmbeddingCache"]
 class LabelEmbeddingCache:
     """Label embeddings (L × d, fp32, no grad) with the optimizer step they were computed at."""
 
-    def __init__(self, label_texts: Sequence[str], refresh_steps: int, batch_size: int = 256) -> None:
+    def __init__(
+        self, label_texts: Sequence[str], refresh_steps: int, batch_size: int = 256, max_length: int | None = None
+    ) -> None:
         if refresh_steps <= 0:
             raise ValueError(f"label_refresh_steps must be > 0, got {refresh_steps}")
         self.label_texts = label_texts
         self.refresh_steps = refresh_steps
         self.batch_size = batch_size
+        self.max_length = max_length  # the training token limit: the table matches the re-embedded positives
         self.embeddings: Tensor | None = None
         self.step: int | None = None
 
@@ -36,7 +39,14 @@ class LabelEmbeddingCache:
 
         was_training = model.training
         try:
-            emb = encode_texts(model, list(self.label_texts), "label", batch_size=self.batch_size, normalize=False)
+            emb = encode_texts(
+                model,
+                list(self.label_texts),
+                "label",
+                batch_size=self.batch_size,
+                normalize=False,
+                max_length=self.max_length,
+            )
         finally:
             model.train(was_training)
         self.embeddings = emb.to(device) if device is not None else emb

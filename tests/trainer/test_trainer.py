@@ -286,3 +286,56 @@ def test_loss_subclass_and_cached_loss_take_their_parents_path(tiny_model, tmp_p
         DEXMLTrainer(
             model=tiny_model, args=_args(tmp_path, negatives="all"), train_dataset=xmc, loss=OvABCELoss(tiny_model)
         )
+
+
+def _first_loss(model, xmc, tmp_path, mode, **kw):
+    extra = {"label_refresh_steps": 1} if mode == "all_cached" else {}
+    trainer = DEXMLTrainer(model=model, args=_args(tmp_path, negatives=mode, **extra, **kw), train_dataset=xmc)
+    trainer._begin_epoch(0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        return trainer.compute_loss(model, dict(batch)), batch
+
+
+def _cut_texts(xmc: XMCDataset, tokenizer, words: int) -> XMCDataset:
+    """The same dataset with every query and label text cut to its first ``words`` word pieces."""
+
+    def cut(table):
+        titles = [tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"][:words]) for t in table["title"]]
+        return table.remove_columns("title").add_column("title", titles)
+
+    queries = {split: cut(table) for split, table in xmc.queries.items()}
+    return XMCDataset(queries, cut(xmc.labels), xmc.label_matrices, name=xmc.name)
+
+
+@pytest.mark.parametrize("mode", ["in_batch", "all", "all_cached"])
+def test_max_length_limits_training_tokens_only(tiny_model, tmp_path, mode):
+    """``max_length`` = 4 ([CLS] + 2 pieces + [SEP]) trains exactly as the texts cut to 2 pieces would, in every
+    mode (queries, positives, all-label chunks, the label cache); the model keeps its own max_seq_length."""
+    import copy
+
+    xmc = make_xmc()
+    cut = _cut_texts(xmc, tiny_model.tokenizer, 2)
+    assert cut.query_texts("train") != xmc.query_texts("train")
+    limited, batch = _first_loss(copy.deepcopy(tiny_model), xmc, tmp_path, mode, max_length=4)
+    expected, _ = _first_loss(copy.deepcopy(tiny_model), cut, tmp_path, mode)
+    full, _ = _first_loss(copy.deepcopy(tiny_model), xmc, tmp_path, mode)
+    assert batch["query_input_ids"].shape[1] == 4
+    torch.testing.assert_close(limited, expected, rtol=1e-5, atol=1e-5)
+    assert abs(limited.item() - full.item()) > 1e-3
+
+    before = tiny_model.max_seq_length
+    trainer = DEXMLTrainer(model=tiny_model, args=_args(tmp_path, negatives=mode, max_length=4), train_dataset=xmc)
+    trainer.train()
+    trainer.save_model()
+    assert tiny_model.max_seq_length == before
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(tmp_path / "out"), device="cpu").max_seq_length == before
+
+
+def test_max_length_is_validated(tmp_path):
+    for bad in (0, -3, True):
+        with pytest.raises(ValueError, match="max_length must be a positive integer"):
+            _args(tmp_path, max_length=bad)
