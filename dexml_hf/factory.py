@@ -86,10 +86,14 @@ def loss_class(name: str) -> type:
     return getattr(losses, LOSSES[name][0])
 
 
-def loss_options(name: str, k: int = 5, alpha: float = 2.0, logq_correction: bool = False) -> dict[str, Any]:
+def loss_options(
+    name: str, k: int | str = 5, alpha: float = 2.0, logq_correction: bool = False
+) -> dict[str, Any]:
     """The constructor options of loss ``name`` beyond the common ones (only those the class takes)."""
-    # soft top-k: at most k positives per row and step (the reference samples them), the others masked out
-    values = {"k": k, "alpha": alpha, "logq_correction": logq_correction, "max_positives": k}
+    # soft top-k: at most k positives per row and step (the reference samples them), the others masked out;
+    # k = "num_pos" makes every positive part of the constraint, so none is dropped
+    max_positives = None if k == "num_pos" else k
+    values = {"k": k, "alpha": alpha, "logq_correction": logq_correction, "max_positives": max_positives}
     if logq_correction and "logq_correction" not in LOSSES[name][1]:
         raise UsageError(f"logq_correction applies to the softmax losses, not to loss={name!r}")
     return {key: values[key] for key in LOSSES[name][1] if key != "logq_correction" or logq_correction}

@@ -462,7 +462,7 @@ def render_recipe_card(recipe: str | Path) -> str:
         recipe=recipe.as_posix(),
         train_command=(
             f"dexml-hf train --config {recipe.as_posix()}"
-            if recipe.stem in ("cpu", "quickstart")
+            if recipe.stem == "quickstart" or "cpu" in recipe.stem.split("-")
             else "accelerate launch --config_file recipes/accelerate_configs/ddp.yaml -m dexml_hf.cli train "
             f"--config {recipe.as_posix()}"
         ),

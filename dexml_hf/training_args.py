@@ -20,6 +20,16 @@ NEGATIVES_MODES = ("in_batch", "all", "all_cached", "hard")
 POSITIVE_SAMPLING_MODES = ("uniform", "relevance")
 
 
+def _parse_topk_k(value) -> int | str:
+    """``topk_k`` as the loss takes it: a positive int (from an int or its string, as the CLI passes it) or
+    ``"num_pos"``."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "num_pos" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise UsageError(f"topk_k must be a positive integer or 'num_pos', got {value!r}")
+
+
 @dataclass
 class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
     """Arguments for dual-encoder XMC training (DEXML, Gupta et al., ICLR 2024).
@@ -37,7 +47,14 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             "choices": list(LOSSES),
         },
     )
-    topk_k: int = field(default=5, metadata={"help": "soft_topk losses: k (5 optimises P@5, 100 R@100)."})
+    topk_k: str = field(
+        default="5",
+        metadata={
+            "help": "soft_topk losses: k (5 optimises P@5, 100 R@100), or 'num_pos': k = the query's number of "
+            "positives (then every positive enters the constraint). A number caps the positives per row and step "
+            "at k, as the reference samples them."
+        },
+    )
     topk_alpha: float = field(default=2.0, metadata={"help": "soft_topk losses: sharpness alpha of the operator."})
     logq_correction: bool = field(
         default=False,
@@ -244,9 +261,10 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
                 f"logq_correction corrects the sampling bias of in-batch negatives; negatives={self.negatives!r} "
                 "already scores every label, so turn it off"
             )
-        if not isinstance(self.topk_k, int) or self.topk_k <= 0 or not self.topk_alpha > 0:
-            raise UsageError(f"topk_k and topk_alpha must be positive, got {self.topk_k!r}, {self.topk_alpha!r}")
-        if "soft_topk" in self.loss and self.negatives in ("in_batch", "hard"):
+        self.topk_k = _parse_topk_k(self.topk_k)
+        if not self.topk_alpha > 0:
+            raise UsageError(f"topk_alpha must be positive, got {self.topk_alpha!r}")
+        if "soft_topk" in self.loss and self.negatives in ("in_batch", "hard") and self.topk_k != "num_pos":
             per_query = self.per_device_train_batch_size * (
                 1 + (self.num_hard_negatives if self.negatives == "hard" else 0)
             )

@@ -207,3 +207,14 @@ def test_dry_run_prints_the_effective_settings_without_loading(capsys, tmp_path)
     assert rows["negatives"] == recipe["negatives"]
     assert rows["selection"].startswith("precision@1 on ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["in_batch", "all"])
+def test_cli_soft_topk_num_pos_reaches_the_loss(tmp_path, tiny_model_path, mode):
+    """`--topk_k num_pos` from the command line trains soft top-k with k = each query's positives (no cap)."""
+    recipe = _tiny_recipe(tmp_path, tiny_model_path, num_train_epochs=1, evaluate_untrained=False)
+    out = tmp_path / "model"
+    argv = ["train", "--config", str(recipe), "--output_dir", str(out), "--loss", "soft_topk"]
+    assert main([*argv, "--topk_k", "num_pos", "--negatives", mode, "--max_steps", "2"]) == 0
+    card = (out / "README.md").read_text()
+    assert "SoftTopKLoss" in card and '"k": "num_pos"' in card and '"max_positives": null' in card

@@ -110,6 +110,8 @@ def test_recipe_cards_rendered_into_model_cards(recipe):
     name = recipe.relative_to(ROOT / "recipes").as_posix()
     assert f"--config recipes/{name}" in text
     assert "model-index" not in text and "Not yet measured" in text
+    gpu_recipe = recipe.stem != "quickstart" and "cpu" not in recipe.stem.split("-")
+    assert ("accelerate launch" in text) == gpu_recipe  # a CPU recipe's card never tells users to launch 4 GPUs
     rendered = (
         ROOT
         / "model_cards"

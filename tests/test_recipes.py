@@ -194,6 +194,19 @@ def test_bad_recipes_are_rejected(tmp_path):
             parse_train_args(argv)
 
 
+def test_topk_k_takes_a_number_or_num_pos_from_the_command_line():
+    from dexml_hf.factory import loss_options
+
+    _, _, args = parse_train_args(["--loss", "soft_topk", "--topk_k", "7"])
+    assert args.topk_k == 7 and loss_options("soft_topk", args.topk_k)["max_positives"] == 7
+    _, _, args = parse_train_args(["--loss", "soft_topk", "--topk_k", "num_pos"])
+    assert args.topk_k == "num_pos"
+    assert loss_options("soft_topk", args.topk_k) == {"k": "num_pos", "alpha": 2.0, "max_positives": None}
+    for bad in ("0", "five", "-2"):
+        with pytest.raises(UsageError, match="topk_k must be a positive integer or 'num_pos'"):
+            parse_train_args(["--loss", "soft_topk", "--topk_k", bad])
+
+
 def test_train_help_lists_every_option(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
