@@ -1,10 +1,12 @@
 """EURLEX57K: omikuji vs the dual encoder, + retrieval-augmented prediction, + label-text augmentation, + both.
 
-One run, side by side, on the same split and texts (document titles), all 4,271 labels:
+One run, side by side, on the same split and texts (document titles), all 4,271 labels (``--dataset cooking`` /
+``robotics``: the StackExchange question titles and tags, accuracy.py's seeded 80/20 split, 10 % of train carved
+out as validation):
 
 - ``omikuji``: TF-IDF (1-2 grams) + omikuji with its default settings (``benchmarks/accuracy.py``'s helper);
 - ``dual encoder``: the bundled all-MiniLM-L6-v2 trained by :class:`~dexml_hf.trainer.DEXMLTrainer` (decoupled
-  softmax, in-batch negatives masked by the label matrix, τ 0.05, batch 64, lr 5e-5 AdamW wd 0.01, linear with 10 %
+  softmax, in-batch negatives masked by the label matrix, τ 0.05, batch 64, ``--lr`` AdamW wd 0.01, linear with 10 %
   warm-up, trained on ``--train-max-length`` tokens (``max_length``) and evaluated on ``--max-seq-length`` tokens,
   one epoch unless ``--epochs`` / ``--steps``), exact search over all labels;
 - ``+ retrieval``: the same model with the training queries as a retrieval memory (``dexml_hf.retrieval``:
@@ -20,8 +22,8 @@ part. The first ``--max-train`` / ``--max-test`` / ``--max-val`` documents of ea
 
     python benchmarks/eurlex_rae.py                  # full: 45,000 train / 6,000 val / 6,000 test, one epoch a model
     python benchmarks/eurlex_rae.py --quick          # ~2-3 min: 2,000 / 500 / 500 documents, 20 steps a model
-    python benchmarks/eurlex_rae.py --max-train 4000 --max-test 1000 --train-max-length 64 --max-seq-length 64 \
-        --epochs 2                                   # the subset
+    python benchmarks/eurlex_rae.py --max-train 4000 --max-test 1000 --epochs 2     # the EURLEX57K subset
+    python benchmarks/eurlex_rae.py --dataset cooking --epochs 2                        # StackExchange cooking
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import DataConfig, run_omikuji  # noqa: E402
+from accuracy import DATA_CONFIGS, DataConfig, run_omikuji  # noqa: E402
+from accuracy import load_dataset as load_stackexchange  # noqa: E402
 from common import SHARED_DATA, machine, markdown_table, quiet_libraries, write_json  # noqa: E402
 
 logger = logging.getLogger("eurlex_rae")
 
 PARTS = ("omikuji", "de", "aug")
+DATASETS = ("eurlex57k", "cooking", "robotics")
+#: omikuji's text: titles (EURLEX57K up to 400 characters, as accuracy.py)
+OMIKUJI_TEXT = {"eurlex57k": DataConfig("eurlex", "title", 400, 0), **DATA_CONFIGS}
 METRICS = (
     ("P@1", "precision@1"),
     ("P@3", "precision@3"),
@@ -52,13 +58,22 @@ METRICS = (
 )
 
 
-def load_data(folder: Path, max_train: int | None, max_val: int | None, max_test: int | None):
-    """EURLEX57K (LF raw) cut to the first documents of each split; every label kept."""
+def load_data(args):
+    """EURLEX57K (LF raw, its own validation split) or a StackExchange set (accuracy.py's seeded 80/20 split, a
+    validation split of ``--max-val`` train queries carved out, seeded, default 10 %), cut to the first queries of
+    each split; every label kept."""
     from dexml_hf.data import read_xmc
 
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is missing (the shared EURLEX57K data)")
-    full = read_xmc(folder, name="EURLEX57K")
+    max_train, max_val, max_test = args.max_train, args.max_val, args.max_test
+    if args.dataset != "eurlex57k":
+        full = load_stackexchange(args.dataset, args.seed, 0, 0)
+        full = full.carve_validation(max_val or full.num_queries("train") // 10, seed=args.seed)
+        max_val = None
+    else:
+        folder = Path(args.data)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is missing (the shared EURLEX57K data)")
+        full = read_xmc(folder, name="EURLEX57K")
     limits = {"train": max_train, "validation": max_val, "test": max_test}
     for split, n in limits.items():
         full = full.head(split, n)
@@ -163,7 +178,8 @@ def row(method: str, metrics: dict, seconds: float, note: str = "") -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2,000 / 500 / 500 documents and 20 steps a model")
-    parser.add_argument("--data", default=str(SHARED_DATA / "eurlex57k"))
+    parser.add_argument("--dataset", default="eurlex57k", choices=DATASETS)
+    parser.add_argument("--data", default=str(SHARED_DATA / "eurlex57k"), help="the EURLEX57K folder")
     parser.add_argument("--max-train", type=int, default=None, help="first N train documents (default: all 45,000)")
     parser.add_argument("--max-val", type=int, default=None, help="first N validation documents (default: all)")
     parser.add_argument("--max-test", type=int, default=None, help="first N test documents (default: all 6,000)")
@@ -206,17 +222,18 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    xmc = load_data(Path(args.data), args.max_train, args.max_val, args.max_test)
+    xmc = load_data(args)
     sizes = {s: xmc.num_queries(s) for s in xmc.splits}
     if "validation" not in sizes:
         raise SystemExit(f"{args.data} has no validation split (val.json.gz): λ, k, T are chosen on it")
+    name = "EURLEX57K" if args.dataset == "eurlex57k" else args.dataset
     print(f"data: {sizes}, {xmc.num_labels} labels ({time.perf_counter() - started:.0f} s)", flush=True)
 
     rows, details = [], {}
     if "omikuji" in parts:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="dexml-rae-omikuji-") as workdir:
-            metrics = run_omikuji(xmc, DataConfig("eurlex", "title", 400, 0), workdir, repeats=args.omikuji_repeats)
+            metrics = run_omikuji(xmc, OMIKUJI_TEXT[args.dataset], workdir, repeats=args.omikuji_repeats)
         rows.append(row("tfidf_omikuji", metrics, time.perf_counter() - start, "TF-IDF of the titles"))
         print(markdown_table(rows[-1:], list(rows[-1])), flush=True)
 
@@ -244,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = f"{args.steps} steps" if args.steps else f"{args.epochs:g} epoch(s)"
     columns = ["method", *(label for label, _ in METRICS), "time (s)", "notes"]
     print(
-        f"\nEURLEX57K: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test documents, "
+        f"\n{name}: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test documents, "
         f"{xmc.num_labels} labels; titles, trained on {args.train_max_length or args.max_seq_length} tokens, "
         f"evaluated on {args.max_seq_length}, batch {args.batch_size}, lr {args.lr}, "
         f"{budget} a model, label rows with "
@@ -253,7 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}\n")
     print(markdown_table(rows, columns))
     output = Path(
-        args.output or Path(__file__).parent / "results" / f"eurlex_rae{'_quick' if args.quick else ''}.json"
+        args.output
+        or Path(__file__).parent
+        / "results"
+        / f"eurlex_rae{'' if args.dataset == 'eurlex57k' else '_' + args.dataset}{'_quick' if args.quick else ''}.json"
     )
     report = {
         "command": "python benchmarks/eurlex_rae.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -86,9 +86,7 @@ def loss_class(name: str) -> type:
     return getattr(losses, LOSSES[name][0])
 
 
-def loss_options(
-    name: str, k: int | str = 5, alpha: float = 2.0, logq_correction: bool = False
-) -> dict[str, Any]:
+def loss_options(name: str, k: int | str = 5, alpha: float = 2.0, logq_correction: bool = False) -> dict[str, Any]:
     """The constructor options of loss ``name`` beyond the common ones (only those the class takes)."""
     # soft top-k: at most k positives per row and step (the reference samples them), the others masked out;
     # k = "num_pos" makes every positive part of the constraint, so none is dropped

@@ -302,7 +302,9 @@ def _cut_texts(xmc: XMCDataset, tokenizer, words: int) -> XMCDataset:
     """The same dataset with every query and label text cut to its first ``words`` word pieces."""
 
     def cut(table):
-        titles = [tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"][:words]) for t in table["title"]]
+        titles = [
+            tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"][:words]) for t in table["title"]
+        ]
         return table.remove_columns("title").add_column("title", titles)
 
     queries = {split: cut(table) for split, table in xmc.queries.items()}
