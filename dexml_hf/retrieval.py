@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_GRID",
+    "capped_holdout",
     "MEMORY_FILE",
     "RetrievalMemory",
     "fused_topk",
@@ -509,6 +510,12 @@ def grid_search(
     if lam == 1.0:  # keep the memory's own k / T (unused at λ = 1)
         knn, temp = memory.k, memory.temperature
     return TuningResult(lam, knn, temp, metric, v, baseline, split, int(q.shape[0]), results)
+
+
+def capped_holdout(requested: int, num_train: int) -> int:
+    """The held-out slice actually used: at most a fifth of the training queries, so the memory keeps most of
+    them while λ, k, T are chosen (a 2,000-query default on a 1,500-query train split would leave nothing)."""
+    return min(requested, max(1, num_train // 5))
 
 
 def tune_retrieval(

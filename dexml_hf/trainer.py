@@ -392,14 +392,14 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
         metrics = evaluator.compute_metrics(topk)
         if build_index and args.retrieval_memory:
-            from dexml_hf.retrieval import tune_retrieval
+            from dexml_hf.retrieval import capped_holdout, tune_retrieval
 
             tune_retrieval(
                 self.model,
                 index,
                 xmc,
                 metric=args.retrieval_metric,
-                holdout=min(args.retrieval_holdout, max(1, xmc.num_queries("train") // 5)),
+                holdout=capped_holdout(args.retrieval_holdout, xmc.num_queries("train")),
                 seed=args.seed,
                 query_mode=args.query_text_mode,
                 batch_size=args.encode_batch_size,

@@ -51,7 +51,7 @@ def build_parser():
 def main(argv: list[str]) -> int:
     from dexml_hf.factory import load_dataset, load_model
     from dexml_hf.index import LabelIndex
-    from dexml_hf.retrieval import tune_retrieval
+    from dexml_hf.retrieval import capped_holdout, tune_retrieval
 
     (args,) = build_parser().parse(argv)
     model = load_model(args.model)
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
         index,
         xmc,
         metric=args.metric,
-        holdout=min(args.holdout, max(1, xmc.num_queries("train") // 5)),
+        holdout=capped_holdout(args.holdout, xmc.num_queries("train")),
         seed=args.seed,
         query_mode=args.query_text_mode,
         batch_size=args.batch_size,
