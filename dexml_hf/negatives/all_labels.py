@@ -340,9 +340,14 @@ class AllLabelsLoss:
             for start in range(0, num_labels, self.label_chunk_size)
         ][rank::world]
         accumulator = self._accumulator()
-        cached: list[Tensor] = []  # soft top-k: the chunks' no-grad label embeddings, for the bisection
+        # soft top-k: this rank's no-grad label embeddings for the bisection, in one preallocated buffer (one
+        # allocation instead of a block per chunk kept alive between the chunks' temporaries)
+        cached: Tensor | None = None
+        offsets = np.cumsum([0] + [end - start for start, end in chunks])
         chunk_states: list[list[RandContext | None]] = []
-        for start, end in tqdm(chunks, desc="all labels (no grad)", disable=not self.show_progress_bar):
+        for i, (start, end) in enumerate(
+            tqdm(chunks, desc="all labels (no grad)", disable=not self.show_progress_bar)
+        ):
             emb, states = self._encode_chunk(list(self.label_texts[start:end]), snapshot=grad_enabled)
             self._check_finite(emb, "label", torch.arange(start, end))
             emb = self._prep(emb)
@@ -350,7 +355,9 @@ class AllLabelsLoss:
             scores = self.scale * queries @ emb.T  # (B, c) fp32
             positives = _chunk_mask(pos_rows, pos_cols, start, end, batch)
             if self.loss == "soft_topk":
-                cached.append(emb)
+                if cached is None:
+                    cached = emb.new_empty((int(offsets[-1]), emb.shape[1]))
+                cached[offsets[i] : offsets[i + 1]] = emb
                 scores = scores.masked_fill(_chunk_mask(out_rows, out_cols, start, end, batch), -math.inf)
             accumulator.update(scores, positives)
         if not chunks:  # more ranks than chunks: this rank scores nothing but joins the collectives
@@ -358,8 +365,9 @@ class AllLabelsLoss:
         if self.loss == "soft_topk":
 
             def score_chunks():
-                for (start, end), emb in zip(chunks, cached):
+                for i, (start, end) in enumerate(chunks):
                     out = _chunk_mask(out_rows, out_cols, start, end, batch)
+                    emb = cached[offsets[i] : offsets[i + 1]]
                     yield (self.scale * queries @ emb.T).masked_fill(out, -math.inf)
 
             value = accumulator.finalize(score_chunks, sync=world > 1)
