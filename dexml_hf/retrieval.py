@@ -472,10 +472,8 @@ def grid_search(
     temps = sorted({float(x) for x in grid["temperature"]})
     for lam, knn, temp in itertools.product(lams, ks_nn, temps):
         _check_params(lam, knn, temp)
-    _, _, at = metric.partition("@")
-    if not at.isdigit():
-        raise ValueError(f"metric must look like 'precision@1' or 'psp@5', got {metric!r}")
-    depth = int(at)
+    parts = parse_selection_metric(metric)
+    depth = max(at for _, at in parts)
     if depth > len(index):
         raise ValueError(f"metric {metric!r} needs at least {depth} labels; the index has {len(index)}")
     truth = sp.csr_matrix(truth)
@@ -487,11 +485,13 @@ def grid_search(
     base = (base[0].numpy(), base[1].numpy())
     sims, rows = memory.neighbours(q, max(ks_nn))
 
+    if inv_propensity is None and any(name.startswith("ps") for name, _ in parts):
+        raise ValueError(f"metric {metric!r} needs inv_propensity")
+    names = [f"{name}@{at}" for name, at in parts]
+
     def value(ids: np.ndarray) -> float:
-        metrics = xmc_metrics(ids, truth, ks=(depth,), inv_propensity=inv_propensity)
-        if metric not in metrics:
-            raise ValueError(f"metric {metric!r} is not one of {sorted(metrics)} (PSP needs inv_propensity)")
-        return float(metrics[metric])
+        metrics = xmc_metrics(ids, truth, ks={at for _, at in parts}, inv_propensity=inv_propensity)
+        return float(np.mean([metrics[name] for name in names]))
 
     baseline = value(base[1])
     points = [(1.0, None, None)] if 1.0 in lams else []  # λ = 1 ignores k and T: one point
@@ -510,6 +510,25 @@ def grid_search(
     if lam == 1.0:  # keep the memory's own k / T (unused at λ = 1)
         knn, temp = memory.k, memory.temperature
     return TuningResult(lam, knn, temp, metric, v, baseline, split, int(q.shape[0]), results)
+
+
+#: the metric families a selection criterion may name (keys of :func:`~dexml_hf.evaluation.xmc_metrics`)
+SELECTION_FAMILIES = ("precision", "ndcg", "recall", "psp", "psndcg", "mrr")
+
+
+def parse_selection_metric(metric: str) -> list[tuple[str, int]]:
+    """``"precision@1"`` → ``[("precision", 1)]``; ``"precision@1+psp@5"`` → both: the criterion is their mean, so one
+    choice of ``λ, k, T`` can weigh the head (P@1) and the tail (PSP@5) together."""
+    parts = []
+    for part in str(metric).split("+"):
+        family, _, at = part.strip().partition("@")
+        if family not in SELECTION_FAMILIES or not at.isdigit() or int(at) < 1:
+            raise ValueError(
+                f"metric {metric!r}: expected <metric>@<k>, or several joined by '+' (their mean), with metric one of "
+                f"{', '.join(SELECTION_FAMILIES)} (e.g. precision@1, psp@5, precision@1+psp@5)"
+            )
+        parts.append((family, int(at)))
+    return parts
 
 
 def capped_holdout(requested: int, num_train: int) -> int:
@@ -543,7 +562,8 @@ def tune_retrieval(
 
     Args:
         metric: the metric maximised (a key of :func:`~dexml_hf.evaluation.xmc_metrics`, e.g. ``precision@1``,
-            ``psp@5``; PSP needs ``inv_propensity``, by default ``xmc.inv_propensity()``).
+            ``psp@5``, or several joined by ``+``, whose mean is maximised: ``precision@1+psp@5``; PSP needs
+            ``inv_propensity``, by default ``xmc.inv_propensity()``).
         grid: ``{"lam": [...], "k": [...], "temperature": [...]}``, defaults from :data:`DEFAULT_GRID`.
         train_embeddings: the train queries' embeddings if already computed (skips encoding them).
     """
@@ -557,7 +577,7 @@ def tune_retrieval(
             model, xmc.query_texts("train", query_mode), "query", batch_size, index.normalized, show_progress_bar
         )
     full = RetrievalMemory(train_embeddings, train_matrix, normalized=index.normalized, dtype=index.dtype)
-    if inv_propensity is None and metric.startswith("ps"):
+    if inv_propensity is None and any(name.startswith("ps") for name, _ in parse_selection_metric(metric)):
         inv_propensity = xmc.inv_propensity()
     split = split or ("validation" if "validation" in xmc.label_matrices else None)
     if split is not None:

@@ -13,6 +13,7 @@ from sentence_transformers.sentence_transformer.training_args import SentenceTra
 from dexml_hf.data.dataset import LABEL_TEXT_MODES, QUERY_TEXT_MODES
 from dexml_hf.errors import UsageError
 from dexml_hf.factory import LOSSES
+from dexml_hf.retrieval import parse_selection_metric
 
 __all__ = ["DEXMLTrainingArguments", "NEGATIVES_MODES", "POSITIVE_SAMPLING_MODES"]
 
@@ -230,7 +231,10 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
     )
     retrieval_metric: str = field(
         default="precision@1",
-        metadata={"help": "`retrieval_memory`: the validation metric maximised when choosing lam, k, T (e.g. psp@5)."},
+        metadata={
+            "help": "`retrieval_memory`: the validation metric maximised when choosing lam, k, T (e.g. psp@5), or "
+            "several joined by '+' whose mean is maximised (precision@1+psp@5: head and tail together)."
+        },
     )
     retrieval_holdout: int = field(
         default=2000,
@@ -336,12 +340,10 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
         holdout = self.retrieval_holdout
         if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout <= 0:
             raise UsageError(f"retrieval_holdout must be a positive integer, got {holdout!r}")
-        family, _, at = str(self.retrieval_metric).partition("@")
-        if family not in ("precision", "ndcg", "recall", "psp", "psndcg", "mrr") or not at.isdigit() or int(at) < 1:
-            raise UsageError(
-                f"retrieval_metric={self.retrieval_metric!r}: expected <metric>@<k> with metric one of precision, "
-                "ndcg, recall, psp, psndcg, mrr (e.g. precision@1, psp@5)"
-            )
+        try:
+            parse_selection_metric(self.retrieval_metric)
+        except ValueError as err:
+            raise UsageError(f"retrieval_metric: {err}") from None
         if self.retrieval_memory and self.test_split is None:
             raise UsageError("retrieval_memory is stored with the label index, which needs test_split")
 

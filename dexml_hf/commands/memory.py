@@ -30,7 +30,10 @@ class MemoryArguments:
     dataset_format: str | None = field(default=None, metadata={"help": "format of a local dataset (default: detect)"})
     query_text_mode: str = field(default="title", metadata={"help": "query text of the dataset"})
     label_text_mode: str = field(default="title", metadata={"help": "label text of the dataset"})
-    metric: str = field(default="precision@1", metadata={"help": "validation metric maximised (e.g. psp@5)"})
+    metric: str = field(
+        default="precision@1",
+        metadata={"help": "validation metric maximised (e.g. psp@5), or several joined by + (their mean)"},
+    )
     holdout: int = field(default=2000, metadata={"help": "without a validation split: train queries held out"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out slice"})
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
@@ -40,6 +43,12 @@ class MemoryArguments:
             raise UsageError("--model, --dataset and --output are required")
         if self.holdout < 1 or self.batch_size < 1:
             raise UsageError("--holdout and --batch_size must be positive")
+        from dexml_hf.retrieval import parse_selection_metric
+
+        try:
+            parse_selection_metric(self.metric)
+        except ValueError as err:
+            raise UsageError(f"--metric: {err}") from None
 
 
 def build_parser():

@@ -295,3 +295,51 @@ def test_tuning_without_validation_leaves_the_slice_out_of_the_memory():
     q = index.encode_queries(model, [f"q{i}" for i in range(4)])
     leaky = grid_search(index, memory, q, xmc.label_matrices["train"][:4], grid=grid)
     assert leaky.value == 1.0 and leaky.lam < 1.0
+
+
+def test_a_combined_criterion_maximises_the_mean_of_its_metrics():
+    """`precision@1+psp@5`: the grid point chosen is the argmax of the mean of the two, each computed on the dense
+    reference's rankings; the single metrics pick other points here, so a criterion reduced to one part would fail."""
+    rng = np.random.default_rng(6)
+    n_labels, n_mem, n_val, d = 12, 40, 30, 6
+    labels, mem = _unit(rng.normal(size=(n_labels, d))), _unit(rng.normal(size=(n_mem, d)))
+    y_mem = (rng.random((n_mem, n_labels)) < 0.25).astype(float)
+    q = rng.normal(size=(n_val, d))
+    truth = sp.csr_matrix((rng.random((n_val, n_labels)) < 0.3).astype(float))
+    inv_p = 1.0 + 3.0 * rng.random(n_labels)
+    labels = torch.tensor(labels, dtype=torch.float32).numpy().astype(np.float64)  # the values the index holds
+    mem = torch.tensor(mem, dtype=torch.float32).numpy().astype(np.float64)
+    index = LabelIndex(torch.tensor(labels, dtype=torch.float32), normalized=True)
+    memory = RetrievalMemory(torch.tensor(mem, dtype=torch.float32), sp.csr_matrix(y_mem))
+    grid = {"lam": (0.1, 0.3, 0.6, 0.9, 1.0), "k": (1, 3, 10), "temperature": (0.05, 0.5)}
+    qt = torch.tensor(q, dtype=torch.float32)
+
+    def reference(metric_names):
+        best = None
+        for lam in sorted(grid["lam"], reverse=True):
+            for k in grid["k"]:
+                for t in grid["temperature"]:
+                    ids = reference_fused(q, labels, mem, y_mem, lam, k, t)[1][:, :5]
+                    m = xmc_metrics(ids, truth, ks=(1, 5), inv_propensity=inv_p)
+                    v = np.mean([m[name] for name in metric_names])
+                    if best is None or v > best[0] + 1e-12:
+                        best = (v, lam, k, t)
+                    if lam == 1.0:
+                        break
+                if lam == 1.0:
+                    break
+        return best
+
+    combined = grid_search(index, memory, qt, truth, "precision@1+psp@5", grid, inv_p)
+    value, lam, k, t = reference(["precision@1", "psp@5"])
+    assert combined.value == pytest.approx(value) and combined.lam == lam
+    if lam < 1.0:
+        assert (combined.k, combined.temperature) == (k, t)
+    for name in ("precision@1", "psp@5"):  # each alone picks another point: the mean really is what is maximised
+        assert reference([name])[1:] != (lam, k, t)
+        single = grid_search(index, memory, qt, truth, name, grid, inv_p)
+        assert (single.lam, single.k, single.temperature) != (lam, k, t)
+    with pytest.raises(ValueError, match="several joined by"):
+        grid_search(index, memory, qt, truth, "precision@1+p@5", grid, inv_p)
+    with pytest.raises(ValueError, match="needs inv_propensity"):
+        grid_search(index, memory, qt, truth, "precision@1+psp@5", grid)
