@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+from tqdm.auto import tqdm
 
 from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr
 
@@ -457,6 +458,7 @@ def grid_search(
     inv_propensity: np.ndarray | None = None,
     exclude=None,
     split: str = "validation",
+    show_progress_bar: bool | None = None,
 ) -> TuningResult:
     """Evaluate every ``(λ, k, T)`` of ``grid`` on the given (validation) queries and pick the best by ``metric``.
 
@@ -497,7 +499,7 @@ def grid_search(
     points = [(1.0, None, None)] if 1.0 in lams else []  # λ = 1 ignores k and T: one point
     points += [p for p in itertools.product(lams, ks_nn, temps) if p[0] != 1.0]
     results, best = [], None
-    for lam, knn, temp in points:
+    for lam, knn, temp in tqdm(points, desc="choosing λ, k, T", disable=not show_progress_bar, leave=False):
         if lam == 1.0:
             v = baseline
         else:
@@ -596,6 +598,7 @@ def tune_retrieval(
             inv_propensity,
             exclude=(xmc.filters or {}).get(split),
             split=split,
+            show_progress_bar=show_progress_bar,
         )
     else:
         n = len(full)
@@ -616,6 +619,7 @@ def tune_retrieval(
             grid,
             inv_propensity,
             split=f"train slice ({size} of {n} queries, seed {seed}, left out of the memory while tuning)",
+            show_progress_bar=show_progress_bar,
         )
     full.set_params(result.lam, result.k, result.temperature)
     full.tuning = result.as_dict()

@@ -385,10 +385,17 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             search_depth=args.top_k,
             write_csv=False,
         )
+        bars = not args.disable_tqdm  # encoding tens of thousands of texts on CPU takes minutes: show it
         index = LabelIndex.from_texts(
-            self.model, evaluator.label_texts, label_ids=xmc.labels["uid"], batch_size=args.encode_batch_size
+            self.model,
+            evaluator.label_texts,
+            label_ids=xmc.labels["uid"],
+            batch_size=args.encode_batch_size,
+            show_progress_bar=bars,
         )
-        queries = index.encode_queries(self.model, evaluator.queries, batch_size=args.encode_batch_size)
+        queries = index.encode_queries(
+            self.model, evaluator.queries, batch_size=args.encode_batch_size, show_progress_bar=bars
+        )
         _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
         metrics = evaluator.compute_metrics(topk)
         if build_index and args.retrieval_memory:
@@ -404,6 +411,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
                 query_mode=args.query_text_mode,
                 batch_size=args.encode_batch_size,
                 inv_propensity=inv_p,
+                show_progress_bar=bars,
             )
             self.dual_encoder_metrics = metrics
             _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
