@@ -125,3 +125,10 @@ def test_memory_command_tunes_on_validation_and_saves(tiny_model, tiny_model_pat
         expected.temperature,
     )
     assert main(["memory", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds")]) == 2
+    # a combined criterion reaches the tuning (stored with the memory); a malformed one is one CLI error
+    assert main([*argv, "--metric", "precision@1+psp@5"]) == 0
+    tuning = LabelIndex.load(out).memory.tuning
+    points = [(p["lam"], p["k"], p["temperature"]) for p in tuning["grid"]]
+    assert tuning["metric"] == "precision@1+psp@5" and len(points) > 1
+    assert main([*argv, "--metric", "precision@1+psp5"]) == 2
+    assert "--metric" in capsys.readouterr().err
