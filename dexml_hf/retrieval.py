@@ -475,6 +475,9 @@ def grid_search(
     for lam, knn, temp in itertools.product(lams, ks_nn, temps):
         _check_params(lam, knn, temp)
     parts = parse_selection_metric(metric)
+    if inv_propensity is None and any(name.startswith("ps") for name, _ in parts):
+        raise ValueError(f"metric {metric!r} needs inv_propensity")
+    names = [f"{name}@{at}" for name, at in parts]
     depth = max(at for _, at in parts)
     if depth > len(index):
         raise ValueError(f"metric {metric!r} needs at least {depth} labels; the index has {len(index)}")
@@ -486,10 +489,6 @@ def grid_search(
     base = chunked_topk(q, index.embeddings, depth, exclude=excluded)
     base = (base[0].numpy(), base[1].numpy())
     sims, rows = memory.neighbours(q, max(ks_nn))
-
-    if inv_propensity is None and any(name.startswith("ps") for name, _ in parts):
-        raise ValueError(f"metric {metric!r} needs inv_propensity")
-    names = [f"{name}@{at}" for name, at in parts]
 
     def value(ids: np.ndarray) -> float:
         metrics = xmc_metrics(ids, truth, ks={at for _, at in parts}, inv_propensity=inv_propensity)
