@@ -201,7 +201,12 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
     max_test_samples: int | None = field(
         default=None, metadata={"help": "Evaluate only the first N queries of `test_split`."}
     )
-    top_k: int = field(default=100, metadata={"help": "Labels retrieved per query at evaluation (R@top_k)."})
+    top_k: int = field(
+        default=100,
+        metadata={
+            "help": "Labels retrieved per query at evaluation, during training and on `test_split` (R@top_k); >= 5."
+        },
+    )
     propensity_a: float | None = field(
         default=None, metadata={"help": "Propensity A for PSP@k (unset: the dataset family's default)."}
     )
@@ -289,6 +294,8 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if self.top_k < 5:
+            raise UsageError(f"top_k={self.top_k}: evaluation reports P@5, nDCG@5 and PSP@5, so it needs top_k >= 5")
         if self.negatives not in NEGATIVES_MODES:
             raise UsageError(f"negatives={self.negatives!r} is unknown; choose one of {', '.join(NEGATIVES_MODES)}")
         if self.positive_sampling not in POSITIVE_SAMPLING_MODES:

@@ -169,3 +169,8 @@ def test_the_card_is_filled_by_its_callback_only(tiny_model, tmp_path):
     assert card.metrics == trainer.test_metrics and card.baseline_metrics == trainer.baseline_metrics
     assert card.num_eval_queries == 10 and card.train_runtime.endswith("(2 steps)")
     assert card.effective_settings["loss"] == "DecoupledSoftmaxLoss"
+
+
+def test_top_k_below_the_reported_cutoffs_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="top_k=3: evaluation reports P@5"):
+        _args(tmp_path, top_k=3)
