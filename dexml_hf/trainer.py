@@ -29,6 +29,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from sentence_transformers.base.sampler import BatchSamplers, NoDuplicatesBatchSampler
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -449,6 +450,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
     def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         """Seeded per-epoch order; with an XMCDataset, no sampled positive label twice in a batch (if asked)."""
         if self.xmc is None:
+            if self.args.avoid_duplicate_labels_in_batch and self.args.batch_sampler == BatchSamplers.BATCH_SAMPLER:
+                # ready-made rows: the same promise through upstream's sampler (no text, so no positive, twice)
+                return NoDuplicatesBatchSampler(
+                    dataset, batch_size, drop_last, valid_label_columns, generator=generator, seed=seed
+                )
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
         return NoDuplicateLabelsBatchSampler(
             dataset,

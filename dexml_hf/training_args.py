@@ -146,8 +146,9 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             "help": "Build batches in which no sampled positive label appears twice (a repeated label would be a "
             "wasted, masked-out candidate). With an XMCDataset the trainer builds the batches itself (seeded by seed "
             "and epoch, so a resume replays them): `batch_sampler` may then be the default or no_duplicates (the same "
-            "as this option), other samplers are refused. With ready-made rows, `batch_sampler` decides instead "
-            "(no_duplicates for the same effect)."
+            "as this option), other samplers are refused. With ready-made rows, the default `batch_sampler` becomes "
+            "sentence-transformers' no_duplicates (no text twice in a batch) unless this is False; another "
+            "`batch_sampler` decides instead."
         },
     )
     # --- scoring ---------------------------------------------------------------------------------------------

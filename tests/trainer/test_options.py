@@ -47,11 +47,26 @@ def test_no_duplicates_sampler_means_no_positive_label_twice_in_a_batch(tiny_mod
     assert any(len(set(positives[b].tolist())) < len(b) for b in shuffled)  # the check above can fail
 
 
-def test_ready_made_rows_keep_the_upstream_batch_sampler(tiny_model, tmp_path):
-    rows = Dataset.from_dict({"query": ["a", "b", "a", "c"], "positive": ["x", "y", "x", "z"], "label": [[0, 0]] * 4})
-    trainer = DEXMLTrainer(model=tiny_model, args=_args(tmp_path, batch_sampler="no_duplicates"), train_dataset=rows)
-    batches = list(trainer.get_batch_sampler(trainer.train_dataset, 2, False, valid_label_columns=["label"]))
-    assert all(not {0, 2} <= set(b) for b in batches)  # rows 0 and 2 are the same texts: never batched together
+def _pairs_together(trainer, rows, seeds=range(20)) -> int:
+    """In how many seeded epochs rows 0 and 2 (the same positive "x") share one of the two batches."""
+    return sum(
+        any({0, 2} <= set(b) for b in trainer.get_batch_sampler(rows, 2, False, valid_label_columns=["label"], seed=s))
+        for s in seeds
+    )
+
+
+@pytest.mark.parametrize("sampler", [None, "no_duplicates"])
+def test_ready_made_rows_avoid_duplicate_positives_through_the_upstream_sampler(tiny_model, tmp_path, sampler):
+    """Rows given ready-made: ``avoid_duplicate_labels_in_batch`` (the default) or ``no_duplicates`` keeps the two
+    rows with positive "x" apart; ``avoid_duplicate_labels_in_batch=False`` is a plain shuffle that does not."""
+    rows = Dataset.from_dict({"query": ["a", "b", "c", "d"], "positive": ["x", "y", "x", "z"], "label": [[0, 0]] * 4})
+    kw = {} if sampler is None else {"batch_sampler": sampler}
+    trainer = DEXMLTrainer(model=tiny_model, args=_args(tmp_path, **kw), train_dataset=rows)
+    assert _pairs_together(trainer, trainer.train_dataset) == 0
+    plain = DEXMLTrainer(
+        model=tiny_model, args=_args(tmp_path, avoid_duplicate_labels_in_batch=False), train_dataset=rows
+    )
+    assert _pairs_together(plain, plain.train_dataset) > 0
 
 
 # ---------------------------------------------------------------------------------------------- evaluator
