@@ -1,7 +1,7 @@
 """The ``dexml-hf`` command line: ``train``, ``evaluate``, ``predict``, ``convert``, ``card``.
 
 Each subcommand lives in ``dexml_hf/commands/<name>.py`` with ``HELP``, ``build_parser()`` (a
-:class:`~dexml_hf.config.DEXMLArgumentParser`: dataclass options + ``--config recipe.yaml``) and ``main(argv)``.
+:class:`~dexml_hf.script_args.DEXMLArgumentParser`: dataclass options + ``--config recipe.yaml``) and ``main(argv)``.
 A user error (:class:`~dexml_hf.errors.DEXMLError` and other ``ValueError``, an unreadable file) is one line on stderr with exit status 2
 (usage) or 1 (data, model); ``--debug`` shows the traceback instead.
 """

@@ -2,8 +2,10 @@
 package (``dexml_hf/templates/model_card.md``).
 
 The YAML header is built by ``huggingface_hub.ModelCardData`` so the ``model-index`` entries are valid Hub metadata.
-Secrets never reach a card: the trainer strips the token from its arguments, and every argument whose name mentions
-a token/password/secret is dropped before rendering. ``dexml-hf card --recipe ...`` renders a recipe's card.
+:class:`DEXMLModelCardCallback` (the trainer's ``model_card_callback_class``) is the one place a training run fills
+the card. Secrets never reach a card: the trainer strips the token from its arguments, and every credential option
+(:func:`~dexml_hf.script_args.is_secret`) is dropped before rendering. ``dexml-hf card --recipe ...`` renders a
+recipe's card.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+from sentence_transformers.sentence_transformer.model_card import (
+    SentenceTransformerModelCardCallback,
+    SentenceTransformerModelCardData,
+)
 
 from dexml_hf.citation import DEXML_CITATION
-from dexml_hf.config import is_secret
+from dexml_hf.script_args import is_secret
 
 __all__ = [
     "DEXML_CITATION",
+    "DEXMLModelCardCallback",
     "DEXMLModelCardData",
     "METRIC_ROWS",
     "TEMPLATE_PATH",
@@ -208,7 +214,7 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
     loss_name: str | None = None
     loss_config: dict[str, Any] = field(default_factory=dict)
     negatives: str = "in_batch"
-    temperature: float = 0.05
+    temperature: float | str | None = 0.05  # 1 / the loss's scale; a note when the loss has none
     top_k: int = 100
     hyperparameters: dict[str, Any] | None = None  # None: sentence-transformers' non-default hyperparameters
     metrics: dict[str, float] | None = None
@@ -421,6 +427,65 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
         return path
 
 
+class DEXMLModelCardCallback(SentenceTransformerModelCardCallback):
+    """Fills a ``DEXMLTrainer``'s model card, the only place that does: sentence-transformers' callback (datasets,
+    losses, hyperparameters, logs), then at init what the trainer was given (dataset, texts, loss object, negatives,
+    model), at train start the effective settings, at train end the runtime and the final test evaluation
+    (``trainer.test_metrics`` and its untrained / dual-encoder rows, the retrieval memory's λ, k, T). The trainer
+    places it after its own callbacks so that the test evaluation has run when ``on_train_end`` reads it."""
+
+    trainer: Any = None
+
+    def on_init_end(self, args, state, control, model, trainer, **kwargs) -> None:
+        super().on_init_end(args, state, control, model=model, trainer=trainer, **kwargs)
+        self.trainer = trainer
+        card = model.model_card_data
+        loss = trainer.loss
+        card.set_loss(loss)
+        card.temperature = args.loss_settings(loss)["temperature"]
+        card.negatives, card.top_k = args.negatives, args.top_k
+        card.query_text_mode, card.label_text_mode = args.query_text_mode, args.label_text_mode
+        card.add_tags(["dexml", "extreme-multi-label-classification", f"negatives-{args.negatives}"])
+        xmc = trainer.source_xmc
+        if xmc is not None:
+            card.dataset_name = card.dataset_name or xmc.name
+            card.dataset_is_synthetic = card.dataset_is_synthetic or xmc.name == "synthetic"
+            if card.dataset_is_synthetic:
+                card.add_tags("synthetic-data")
+            card.num_labels = xmc.num_labels
+            card.num_train_queries = xmc.num_queries("train")
+            if args.test_split:
+                card.eval_split = args.test_split
+                card.filtered = bool(len(xmc.filters.get(args.test_split, ())))
+                texts = xmc.query_texts(args.test_split, args.query_text_mode)[:100]
+                card.example_query = next((t for t in texts if t.strip()), card.example_query)
+        if args.load_best_model_at_end and trainer.evaluator is not None:
+            split = getattr(trainer.evaluator, "name", "") or "the evaluation split"
+            card.model_selection = f"the checkpoint with the best {args.metric_for_best_model} on {split}"
+            if trainer.xmc is not None and split in trainer.xmc.splits:
+                card.model_selection += f" ({trainer.xmc.num_queries(split):,} queries)"
+        card.set_model(model)
+
+    def on_train_begin(self, args, state, control, model, **kwargs) -> None:
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+        model.model_card_data.effective_settings = args.effective_settings(state.max_steps, loss=self.trainer.loss)
+
+    def on_train_end(self, args, state, control, model, **kwargs) -> None:
+        card, trainer = model.model_card_data, self.trainer
+        runtime = next((log["train_runtime"] for log in reversed(state.log_history) if "train_runtime" in log), None)
+        if runtime is not None:  # the Trainer's own measure of the training loop
+            card.train_runtime = f"{runtime / 60:.1f} min ({state.global_step} steps)"
+        if trainer.test_metrics is None:
+            return
+        xmc, split = trainer.source_xmc, args.test_split
+        card.metrics, card.baseline_metrics = trainer.test_metrics, trainer.baseline_metrics
+        card.dual_encoder_metrics = trainer.dual_encoder_metrics
+        memory = getattr(trainer.label_index, "memory", None)
+        if trainer.dual_encoder_metrics is not None and memory is not None:
+            card.retrieval = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
+        card.num_eval_queries = min(xmc.num_queries(split), args.max_test_samples or xmc.num_queries(split))
+
+
 def _log_value(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
@@ -434,8 +499,8 @@ def default_args_dict(args_class: type) -> dict[str, Any]:
 # ---------------------------------------------------------------------- recipe cards
 def render_recipe_card(recipe: str | Path) -> str:
     """The card of a recipe's model before training: settings from the recipe, metrics 'not yet measured'."""
-    from dexml_hf.config import parse_train_args
     from dexml_hf.factory import LOSSES, hub_base_model, is_hub_id
+    from dexml_hf.script_args import parse_train_args
 
     model_args, data_args, training_args = parse_train_args(["--config", str(recipe)])
     recipe = Path(recipe)

@@ -11,7 +11,8 @@
   ``train(resume_from_checkpoint=...)`` continues exactly and never from a half-written checkpoint;
 - the whole job of ``dexml-hf train`` lives here: the test split evaluated before (optionally) and after training,
   the label index of the final model saved beside it by ``save_model``, the DEXML model card
-  (:class:`~dexml_hf.model_card.DEXMLModelCardData`) with the XMC metrics, and ``push_to_hub`` publishing all of it.
+  (:class:`~dexml_hf.model_card.DEXMLModelCardData`, filled by its callback) with the XMC metrics, and
+  ``push_to_hub`` publishing all of it.
   A ``hub_token`` is taken out of the arguments at construction, so no file ever holds it.
 """
 
@@ -22,13 +23,13 @@ import logging
 import math
 import os
 import re
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
+from sentence_transformers.base.sampler import BatchSamplers, NoDuplicatesBatchSampler
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -36,6 +37,7 @@ from transformers.training_args import ParallelMode
 
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.losses.base import XMCLoss
+from dexml_hf.model_card import DEXMLModelCardCallback, DEXMLModelCardData
 from dexml_hf.negatives.all_labels import AllLabelsLoss
 from dexml_hf.negatives.hard_negatives import mine_shortlists, sample_from_shortlists
 from dexml_hf.negatives.label_cache import LabelEmbeddingCache
@@ -68,9 +70,7 @@ class _TestEvaluation(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._train_start = time.time()
-        settings = args.effective_settings(state.max_steps)
-        self.trainer.model.model_card_data.effective_settings = settings
+        settings = args.effective_settings(state.max_steps, loss=self.trainer.loss)
         if self.trainer.is_world_process_zero():
             logger.warning("effective settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
         if args.evaluate_untrained and args.test_split and self.trainer.is_world_process_zero():
@@ -78,9 +78,6 @@ class _TestEvaluation(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         trainer = self.trainer
-        card = trainer.model.model_card_data
-        if getattr(trainer, "_train_start", None) is not None:
-            card.train_runtime = f"{(time.time() - trainer._train_start) / 60:.1f} min ({state.global_step} steps)"
         if args.test_split and trainer.is_world_process_zero():
             trainer.test_metrics = trainer.evaluate_test(build_index=True)
 
@@ -146,6 +143,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
     """
 
     training_args_class = DEXMLTrainingArguments
+    model_card_callback_class = DEXMLModelCardCallback
 
     def __init__(
         self,
@@ -158,7 +156,6 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         **kwargs,
     ):
         from dexml_hf.data import XMCDataset
-        from dexml_hf.model_card import DEXMLModelCardData
 
         if args is None:
             args = DEXMLTrainingArguments(output_dir="tmp_trainer")
@@ -176,7 +173,9 @@ class DEXMLTrainer(SentenceTransformerTrainer):
                 raise UsageError("augment_with_label_texts needs an XMCDataset as train_dataset (its label texts)")
             from dexml_hf.data.augment import augment_with_label_texts
 
-            self.xmc = augment_with_label_texts(self.xmc, args.label_cooccurrence_top, args.label_text_mode)
+            self.xmc = augment_with_label_texts(
+                self.xmc, args.label_cooccurrence_top, args.label_text_mode, query_text_mode=args.query_text_mode
+            )
         self.epoch = 0
         self._shortlists: np.ndarray | None = None
         self._shortlist_epoch: int | None = None
@@ -242,7 +241,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         self._check_loss_for_mode()
         self.add_callback(_EpochState(self))
         self.add_callback(_TestEvaluation(self))
-        self._fill_card()
+        self.add_callback(self.pop_callback(DEXMLModelCardCallback))  # last: it cards what the others produced
         if args.negatives == "all_cached":
             self._cache = LabelEmbeddingCache(
                 self._label_texts, args.label_refresh_steps, args.encode_batch_size, max_length=args.max_length
@@ -288,34 +287,6 @@ class DEXMLTrainer(SentenceTransformerTrainer):
                 f"negatives='all' has no exact chunked form of {type(self.loss).__name__}; use negatives='all_cached'"
             )
 
-    def _fill_card(self) -> None:
-        """What the trainer knows for the model card: dataset, texts, loss, negatives, model shape."""
-        card = self.model.model_card_data
-        args = self.args
-        card.set_loss(self.loss)
-        card.negatives, card.temperature, card.top_k = args.negatives, args.temperature, args.top_k
-        card.query_text_mode, card.label_text_mode = args.query_text_mode, args.label_text_mode
-        card.add_tags(["dexml", "extreme-multi-label-classification", f"negatives-{args.negatives}"])
-        xmc = self.source_xmc
-        if xmc is not None:
-            card.dataset_name = card.dataset_name or xmc.name
-            card.dataset_is_synthetic = card.dataset_is_synthetic or xmc.name == "synthetic"
-            if card.dataset_is_synthetic:
-                card.add_tags("synthetic-data")
-            card.num_labels = xmc.num_labels
-            card.num_train_queries = xmc.num_queries("train")
-            if args.test_split:
-                card.eval_split = args.test_split
-                card.filtered = bool(len(xmc.filters.get(args.test_split, ())))
-                texts = xmc.query_texts(args.test_split, args.query_text_mode)[:100]
-                card.example_query = next((t for t in texts if t.strip()), card.example_query)
-        if args.load_best_model_at_end and self.evaluator is not None:
-            split = getattr(self.evaluator, "name", "") or "the evaluation split"
-            card.model_selection = f"the checkpoint with the best {args.metric_for_best_model} on {split}"
-            if self.xmc is not None and split in self.xmc.splits:
-                card.model_selection += f" ({self.xmc.num_queries(split):,} queries)"
-        card.set_model(self.model)
-
     # ------------------------------------------------------------------ validation and evaluation
     @staticmethod
     def _validate_xmc(xmc, args: DEXMLTrainingArguments) -> None:
@@ -328,6 +299,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             )
         if matrix.nnz == 0:
             raise DataError("the train label matrix is empty: no query has a positive label, nothing to train on")
+        args.validate_for_xmc_dataset()
         if args.negatives == "hard" and args.shortlist_size > xmc.num_labels:
             raise UsageError(f"shortlist_size={args.shortlist_size} exceeds the number of labels ({xmc.num_labels})")
 
@@ -350,8 +322,13 @@ class DEXMLTrainer(SentenceTransformerTrainer):
 
     @staticmethod
     def _make_evaluator(xmc, split: str, args: DEXMLTrainingArguments, max_queries: int | None = None, **kwargs):
+        """The evaluator of ``split`` with the final evaluation's settings: the args' propensity A, B over the
+        dataset's training split (so PSP@k during training is the test one's) and ``top_k`` labels a query."""
         from dexml_hf.factory import build_evaluator
 
+        if "inv_propensity" not in kwargs and "train" in xmc.label_matrices:
+            kwargs["inv_propensity"] = xmc.inv_propensity(args.propensity_a, args.propensity_b)
+        kwargs.setdefault("search_depth", args.top_k)
         return build_evaluator(
             xmc,
             split,
@@ -418,13 +395,6 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             metrics = evaluator.compute_metrics(topk)
         if build_index:
             self.label_index = index
-            card = self.model.model_card_data
-            card.metrics, card.baseline_metrics = metrics, self.baseline_metrics
-            card.dual_encoder_metrics = self.dual_encoder_metrics
-            if self.dual_encoder_metrics is not None and index.memory is not None:
-                memory = index.memory
-                card.retrieval = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
-            card.num_eval_queries = len(evaluator.queries)
         return metrics
 
     # ------------------------------------------------------------------ per-epoch training rows
@@ -480,6 +450,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
     def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         """Seeded per-epoch order; with an XMCDataset, no sampled positive label twice in a batch (if asked)."""
         if self.xmc is None:
+            if self.args.avoid_duplicate_labels_in_batch and self.args.batch_sampler == BatchSamplers.BATCH_SAMPLER:
+                # ready-made rows: the same promise through upstream's sampler (no text, so no positive, twice)
+                return NoDuplicatesBatchSampler(
+                    dataset, batch_size, drop_last, valid_label_columns, generator=generator, seed=seed
+                )
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
         return NoDuplicateLabelsBatchSampler(
             dataset,

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.training_args import (
+    BatchSamplers,
+    SentenceTransformerTrainingArguments,
+)
 
 from dexml_hf.data.dataset import LABEL_TEXT_MODES, QUERY_TEXT_MODES
 from dexml_hf.errors import UsageError
@@ -141,7 +144,11 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
         default=True,
         metadata={
             "help": "Build batches in which no sampled positive label appears twice (a repeated label would be a "
-            "wasted, masked-out candidate)."
+            "wasted, masked-out candidate). With an XMCDataset the trainer builds the batches itself (seeded by seed "
+            "and epoch, so a resume replays them): `batch_sampler` may then be the default or no_duplicates (the same "
+            "as this option), other samplers are refused. With ready-made rows, the default `batch_sampler` becomes "
+            "sentence-transformers' no_duplicates (no text twice in a batch) unless this is False; another "
+            "`batch_sampler` decides instead."
         },
     )
     # --- scoring ---------------------------------------------------------------------------------------------
@@ -195,7 +202,12 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
     max_test_samples: int | None = field(
         default=None, metadata={"help": "Evaluate only the first N queries of `test_split`."}
     )
-    top_k: int = field(default=100, metadata={"help": "Labels retrieved per query at evaluation (R@top_k)."})
+    top_k: int = field(
+        default=100,
+        metadata={
+            "help": "Labels retrieved per query at evaluation, during training and on `test_split` (R@top_k); >= 5."
+        },
+    )
     propensity_a: float | None = field(
         default=None, metadata={"help": "Propensity A for PSP@k (unset: the dataset family's default)."}
     )
@@ -283,6 +295,8 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if self.top_k < 5:
+            raise UsageError(f"top_k={self.top_k}: evaluation reports P@5, nDCG@5 and PSP@5, so it needs top_k >= 5")
         if self.negatives not in NEGATIVES_MODES:
             raise UsageError(f"negatives={self.negatives!r} is unknown; choose one of {', '.join(NEGATIVES_MODES)}")
         if self.positive_sampling not in POSITIVE_SAMPLING_MODES:
@@ -347,6 +361,30 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
         if self.retrieval_memory and self.test_split is None:
             raise UsageError("retrieval_memory is stored with the label index, which needs test_split")
 
+    def validate_for_xmc_dataset(self) -> None:
+        """Options that an XMCDataset as ``train_dataset`` cannot honour (the trainer calls this before training).
+
+        The trainer's batches come from its own sampler (no sampled positive label twice in a batch with
+        ``avoid_duplicate_labels_in_batch``, a pure function of seed and epoch): upstream's ``no_duplicates``
+        sampler says the same for these rows, ``group_by_label`` (one class label per row, for triplet losses) and
+        custom samplers do not apply."""
+        sampler = self.batch_sampler
+        if sampler == BatchSamplers.BATCH_SAMPLER:
+            return
+        if sampler in (BatchSamplers.NO_DUPLICATES, BatchSamplers.NO_DUPLICATES_HASHED):
+            if not self.avoid_duplicate_labels_in_batch:
+                raise UsageError(
+                    f"batch_sampler={sampler.value!r} contradicts avoid_duplicate_labels_in_batch=False: with an "
+                    "XMCDataset, no_duplicates means no sampled positive label twice in a batch; drop one of the two"
+                )
+            return
+        name = sampler.value if isinstance(sampler, BatchSamplers) else getattr(sampler, "__name__", repr(sampler))
+        raise UsageError(
+            f"batch_sampler={name!r} does not apply to XMCDataset training: the trainer draws each epoch's positives "
+            "and builds the batches itself (avoid_duplicate_labels_in_batch, or batch_sampler=no_duplicates); for "
+            "another sampler pass ready-made training rows as train_dataset"
+        )
+
     def _validate_numbers(self) -> None:
         """The upstream numeric options that would otherwise fail late (ZeroDivisionError) or silently."""
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -374,8 +412,9 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
     def global_batch_size(self) -> int:
         return self.per_device_train_batch_size * self.world_size * self.gradient_accumulation_steps
 
-    def effective_settings(self, num_training_steps: int | None = None) -> dict[str, object]:
-        """What a run really uses, for the start log, ``--dry_run`` and the card."""
+    def effective_settings(self, num_training_steps: int | None = None, loss=None) -> dict[str, object]:
+        """What a run really uses, for the start log, ``--dry_run`` and the card; ``loss``: the trainer's loss object
+        (a user-given one may differ from ``loss`` / ``temperature``), whose class and scale are then shown."""
         warmup = self.warmup_steps
         if num_training_steps is not None:
             warmup = self.get_warmup_steps(num_training_steps)
@@ -391,9 +430,20 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             "warmup_steps": warmup,
             "negatives": self.negatives,
             "max_length": self.max_length or "the model's max_seq_length",
-            "loss": self.loss,
-            "temperature": self.temperature,
+            **self.loss_settings(loss),
         }
+
+    def loss_settings(self, loss=None) -> dict[str, object]:
+        """``loss`` (the class name) and ``temperature`` (1 / its ``scale``) of the loss object when given, else of
+        the ``loss`` / ``temperature`` options (what the trainer builds without a loss object)."""
+        if loss is None:
+            return {"loss": LOSSES[self.loss][0], "temperature": self.temperature}
+        if isinstance(loss, dict):  # one loss per dataset (sentence-transformers' multi-dataset training)
+            parts = [self.loss_settings(value) for value in loss.values()]
+            return {key: ", ".join(f"{name}: {p[key]}" for name, p in zip(loss, parts)) for key in parts[0]}
+        scale = getattr(loss, "scale", None)
+        temperature = 1.0 / float(scale) if isinstance(scale, (int, float)) and scale else "n/a (no scale)"
+        return {"loss": type(loss).__name__, "temperature": temperature}
 
     @property
     def scale(self) -> float:

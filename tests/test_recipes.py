@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from dexml_hf.cli import main
-from dexml_hf.config import DataArguments, ModelArguments, parse_train_args, public_args_dict
 from dexml_hf.errors import UsageError
 from dexml_hf.factory import resolve_model_path
+from dexml_hf.script_args import DataArguments, ModelArguments, parse_train_args, public_args_dict
 from dexml_hf.training_args import DEXMLTrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]

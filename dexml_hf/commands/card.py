@@ -33,7 +33,7 @@ class CardArguments:
 
 
 def build_parser():
-    from dexml_hf.config import DEXMLArgumentParser
+    from dexml_hf.script_args import DEXMLArgumentParser
 
     return DEXMLArgumentParser([CardArguments], prog="dexml-hf card", description=CardArguments.__doc__)
 

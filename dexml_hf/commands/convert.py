@@ -37,7 +37,7 @@ class ConvertArguments:
 
 
 def build_parser():
-    from dexml_hf.config import DEXMLArgumentParser
+    from dexml_hf.script_args import DEXMLArgumentParser
 
     parser = DEXMLArgumentParser([ConvertArguments], prog="dexml-hf convert", description=__doc__)
     parser.add_argument("src", help="source folder (or .csv file)")

@@ -80,7 +80,7 @@ class EvaluateArguments:
 
 
 def build_parser():
-    from dexml_hf.config import DEXMLArgumentParser
+    from dexml_hf.script_args import DEXMLArgumentParser
 
     return DEXMLArgumentParser([EvaluateArguments], prog="dexml-hf evaluate", description=EvaluateArguments.__doc__)
 

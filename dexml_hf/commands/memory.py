@@ -52,7 +52,7 @@ class MemoryArguments:
 
 
 def build_parser():
-    from dexml_hf.config import DEXMLArgumentParser
+    from dexml_hf.script_args import DEXMLArgumentParser
 
     return DEXMLArgumentParser([MemoryArguments], prog="dexml-hf memory", description=__doc__)
 

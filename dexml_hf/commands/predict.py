@@ -46,7 +46,7 @@ class PredictArguments:
 
 
 def build_parser():
-    from dexml_hf.config import DEXMLArgumentParser
+    from dexml_hf.script_args import DEXMLArgumentParser
 
     parser = DEXMLArgumentParser([PredictArguments], prog="dexml-hf predict", description=PredictArguments.__doc__)
     parser.add_argument("texts", nargs="+", help="texts to label")

@@ -17,13 +17,13 @@ HELP = "train a dual encoder from a recipe (dexml-hf train --help lists every op
 
 
 def build_parser():
-    from dexml_hf.config import build_train_parser
+    from dexml_hf.script_args import build_train_parser
 
     return build_train_parser()
 
 
 def main(argv: list[str]) -> int:
-    from dexml_hf.config import parse_train_command
+    from dexml_hf.script_args import parse_train_command
 
     model_args, data_args, training_args, run_args = parse_train_command(argv)
     if run_args.dry_run:
@@ -57,9 +57,9 @@ def run_train(model_args, data_args, training_args, argv: list[str] | None = Non
     """Train, evaluate, save and (with ``push_to_hub``) push; returns the trainer."""
     import yaml
 
-    from dexml_hf.config import public_args_dict
     from dexml_hf.factory import is_hub_id
     from dexml_hf.model_card import DEXMLModelCardData, format_metrics_table, paper_results
+    from dexml_hf.script_args import public_args_dict
     from dexml_hf.trainer import DEXMLTrainer
 
     start = time.time()
@@ -124,7 +124,7 @@ def _recipe_of(argv: list[str] | None) -> str | None:
 
 def _command(argv: list[str] | None) -> str | None:
     """The command that trained the model, every credential-like option's value masked."""
-    from dexml_hf.config import is_secret
+    from dexml_hf.script_args import is_secret
 
     if argv is None:
         return None

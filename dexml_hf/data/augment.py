@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from dexml_hf.data.dataset import LABEL_TEXT_MODES, XMCDataset, text_table
+from dexml_hf.data.dataset import LABEL_TEXT_MODES, QUERY_TEXT_MODES, XMCDataset, text_table
 
 __all__ = ["augment_with_label_texts", "cooccurrence_positives"]
 
@@ -63,6 +63,7 @@ def augment_with_label_texts(
     cooccurrence_top: int = 0,
     label_text_mode: str = "title",
     include_unseen: bool = True,
+    query_text_mode: str = "title",
 ) -> XMCDataset:
     """A copy of ``xmc`` whose ``train`` split has one extra query per label: its text, with the label (and
     optionally its ``cooccurrence_top`` most co-occurring labels, weighted by ``P(m | l)``) as positives.
@@ -72,10 +73,13 @@ def augment_with_label_texts(
         cooccurrence_top: co-occurring labels added to each label's row (0: the label only).
         label_text_mode: the label text used as the query (``title`` or ``title_alt``), as in training.
         include_unseen: also add rows for labels that no training query has (see the module doc).
+        query_text_mode: the query text mode training reads (:meth:`XMCDataset.query_texts`): the label text goes
+            into the field that mode reads, so the row's query text is the label text in every mode (``title``: the
+            title; ``content``, ``title_content`` and ``wikipedia``: the content, with an empty title).
 
     Returns:
         A new :class:`XMCDataset`; the rows are appended after the original training queries, with uids
-        ``label:<label uid>``, the label text as ``title`` and an empty ``content``.
+        ``label:<label uid>`` and the label text as ``title`` or ``content`` (the other field empty).
     """
     if "train" not in xmc.label_matrices:
         raise ValueError(f"augment_with_label_texts needs a 'train' split; splits: {xmc.splits}")
@@ -87,6 +91,8 @@ def augment_with_label_texts(
         raise ValueError(f"cooccurrence_top must be an integer >= 0, got {cooccurrence_top!r}")
     if label_text_mode not in LABEL_TEXT_MODES:
         raise ValueError(f"label_text_mode {label_text_mode!r}; expected one of {LABEL_TEXT_MODES}")
+    if query_text_mode not in QUERY_TEXT_MODES:
+        raise ValueError(f"query_text_mode {query_text_mode!r}; expected one of {QUERY_TEXT_MODES}")
     train = xmc.label_matrices["train"]
     positives = cooccurrence_positives(train, int(cooccurrence_top))
     if include_unseen:
@@ -96,7 +102,10 @@ def augment_with_label_texts(
     take = pa.array(label_rows)
     uids = xmc.labels.with_format("arrow")[:]["uid"] if len(xmc.labels) else pa.chunked_array([], pa.string())
     uid = pc.binary_join_element_wise(UID_PREFIX, pc.cast(uids, pa.string()).take(take), "")
-    extra = text_table(uid=uid, title=xmc.label_text_array(label_text_mode).take(take), n=len(label_rows))
+    # title_content joins the non-empty fields and wikipedia repeats the title: only 'title' reads the title alone
+    field = "title" if query_text_mode == "title" else "content"
+    texts = {field: xmc.label_text_array(label_text_mode).take(take)}
+    extra = text_table(uid=uid, n=len(label_rows), **texts)
     queries = dict(xmc.queries)
     base = xmc.queries["train"].select_columns(["uid", "title", "content"]).cast(extra.features)
     queries["train"] = datasets.concatenate_datasets([base.flatten_indices(), extra])

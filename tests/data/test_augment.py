@@ -111,3 +111,24 @@ def test_bad_arguments():
         augment_with_label_texts(_xmc(), cooccurrence_top=-1)
     with pytest.raises(ValueError, match="label_text_mode"):
         augment_with_label_texts(_xmc(), label_text_mode="nope")
+    with pytest.raises(ValueError, match="query_text_mode"):
+        augment_with_label_texts(_xmc(), query_text_mode="nope")
+
+
+@pytest.mark.parametrize("mode", ["title", "content", "title_content", "wikipedia"])
+def test_label_rows_are_read_as_the_label_text_in_every_query_mode(mode):
+    """The added rows' query text, as training reads it in ``mode``, is the label text (not an empty string or a
+    doubled title), while the original queries keep their own text in that mode."""
+    from dexml_hf.data.dataset import wikipedia_text
+
+    toy = _xmc()
+    labels = _table(["Agriculture & Food", "fisheries", "oceans", "tax law", "space"], "L")  # wikipedia rewrites
+    xmc = XMCDataset(toy.queries, labels, toy.label_matrices, filters=toy.filters, name="toy")
+    aug = augment_with_label_texts(xmc, query_text_mode=mode, label_text_mode="title")
+    texts = aug.query_texts("train", mode)
+    assert texts[:5] == xmc.query_texts("train", mode)
+    labels = xmc.label_texts("title")
+    assert texts[5:] == ([wikipedia_text(t) for t in labels] if mode == "wikipedia" else labels)
+    assert all(t.strip() for t in texts[5:])
+    view = aug.training_view(epoch=0, query_text=mode)
+    assert view["query"][5:] == texts[5:]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dexml_hf.config import DataArguments
 from dexml_hf.data import XMCDataset, text_table
 from dexml_hf.errors import UsageError
+from dexml_hf.script_args import DataArguments
 
 N_TRAIN, N_LABELS = 12, 5
 
@@ -134,7 +134,7 @@ def test_data_arguments_carve_before_max_train_samples():
 def test_data_arguments_keep_an_existing_validation_split(tmp_path, caplog):
     folder = tmp_path / "tiny-hub"
     _tiny(validation=True).save(folder, format="hub")
-    with caplog.at_level(logging.WARNING, logger="dexml_hf.config"):
+    with caplog.at_level(logging.WARNING, logger="dexml_hf.script_args"):
         ds = DataArguments(dataset=str(folder), num_val_points=3).load(splits=("validation",))
     assert _uids(ds, "validation") == ["v0"] and ds.num_queries("train") == N_TRAIN
     assert "num_val_points=3 is ignored" in caplog.text

@@ -103,7 +103,7 @@ def test_wikipedia_modes_of_queries_labels_views_and_evaluators():
 
 
 def test_wikipedia_is_a_choice_of_the_training_options():
-    from dexml_hf.config import parse_train_args
+    from dexml_hf.script_args import parse_train_args
 
     _, _, args = parse_train_args(["--query_text_mode", "wikipedia", "--label_text_mode", "wikipedia"])
     assert (args.query_text_mode, args.label_text_mode) == ("wikipedia", "wikipedia")

@@ -1,4 +1,4 @@
-"""Command-line arguments: one parser convention for every ``dexml-hf`` subcommand.
+"""The scripts' arguments and the recipe parser: one parser convention for every ``dexml-hf`` subcommand.
 
 :class:`DEXMLArgumentParser` is an ``HfArgumentParser`` over dataclasses (every field is an ``--option`` with its
 help text) plus ``--config recipe.yaml``: a flat YAML mapping whose keys are the dataclasses' fields. The YAML values
@@ -29,12 +29,29 @@ __all__ = [
     "public_args_dict",
 ]
 
-_SECRET_MARKERS = ("token", "password", "secret")
+# Option names that hold a credential. Whole names, not substrings: ``average_tokens_across_devices``,
+# ``include_num_input_tokens_seen``, ``mini_batch_num_tokens`` or a tokenizer's ``pad_token`` are settings.
+_CREDENTIAL_NAMES = frozenset(
+    {
+        "token",
+        "hub_token",
+        "push_to_hub_token",
+        "use_auth_token",
+        "auth_token",
+        "access_token",
+        "hf_token",
+        "api_token",
+    }
+)
+# ... and any name containing one of these (``api_key``, ``wandb_api_key``, ``client_secret``, ``password``).
+_CREDENTIAL_PARTS = ("password", "passwd", "secret", "api_key", "apikey", "credential")
 
 
 def is_secret(key: str) -> bool:
-    """Whether an option name holds a credential (never written, logged or rendered)."""
-    return any(marker in key.lower() for marker in _SECRET_MARKERS)
+    """Whether an option name holds a credential (never written, logged or rendered): one of the credential
+    names (``hub_token``, ``token``, ``use_auth_token``, ...) or a name containing password/secret/api_key."""
+    name = key.lower().lstrip("-")
+    return name in _CREDENTIAL_NAMES or any(part in name for part in _CREDENTIAL_PARTS)
 
 
 def public_args_dict(*arg_objects: Any) -> dict[str, Any]:
