@@ -383,7 +383,8 @@ def load_dexml_model(
         local_files_only=local_files_only,
     )
     saved = saved if isinstance(saved, dict) else {}
-    similarity = saved.get("similarity_fn_name") if normalize is None else None
+    # its similarity stands where its own modules.json chose the normalisation (not an argument, not the registry)
+    similarity = saved.get("similarity_fn_name") if settings.source.get("normalize") == "modules.json" else None
     model = SentenceTransformer(
         modules=modules,
         device=device,

@@ -109,7 +109,7 @@ def position_limit(model) -> int | None:
     import torch
 
     first = next(iter(model), None) if hasattr(model, "__iter__") else None
-    backbone = getattr(first, "model", None) or getattr(first, "auto_model", None)
+    backbone = getattr(first, "model", None)
     if not isinstance(backbone, torch.nn.Module):
         return None
     config = getattr(backbone, "config", None)

@@ -245,7 +245,8 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             evaluator=evaluator,
             **kwargs,
         )
-        validate_for_training(self.model, args, self.loss, self.xmc.num_labels if self.xmc is not None else None)
+        if self.model is not None:
+            validate_for_training(self.model, args, self.loss, self.xmc.num_labels if self.xmc is not None else None)
         self._check_loss_for_mode()
         self.add_callback(_EpochState(self))
         self.add_callback(_TestEvaluation(self))
