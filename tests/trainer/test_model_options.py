@@ -173,3 +173,20 @@ def test_cli_prints_one_line_for_a_length_beyond_the_encoder(tmp_path, tiny_mode
     errors = [line for line in err.splitlines() if "error" in line.lower()]  # upstream progress bars aside
     assert len(errors) == 1 and "max_length=512 exceeds the 128 positions" in errors[0]
     assert "Traceback" not in err
+
+
+def test_position_limit_of_absolute_relative_and_offset_tables():
+    """BERT: its table; RoBERTa: less the padding offset (positions start at pad_token_id + 1); rotary: no limit."""
+    from types import SimpleNamespace
+
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel, RobertaConfig, RobertaModel
+
+    from dexml_hf.model_options import position_limit
+
+    small = {"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 8}
+    bert = BertModel(BertConfig(vocab_size=50, max_position_embeddings=40, **small))
+    roberta = RobertaModel(RobertaConfig(vocab_size=50, max_position_embeddings=66, pad_token_id=1, **small))
+    llama = LlamaModel(LlamaConfig(vocab_size=50, max_position_embeddings=32, **small))
+    assert position_limit([SimpleNamespace(model=bert)]) == 40
+    assert position_limit([SimpleNamespace(model=roberta)]) == 64
+    assert position_limit([SimpleNamespace(model=llama)]) is None
