@@ -95,12 +95,15 @@ def build_loss(
     world_size: int = 1,
     **options: Any,
 ):
-    """Loss ``name`` with scale 1/τ, the training label matrix (masking), the model's similarity and, across
-    processes, the batch gathered from every rank (in-batch negatives of the global batch)."""
+    """Loss ``name`` with scale 1/τ, the training label matrix (masking), the model's similarity (cosine or dot;
+    others refused) and, across processes, the batch gathered from every rank (in-batch negatives of the global
+    batch)."""
     from sentence_transformers.util import cos_sim, dot_score
 
+    from dexml_hf.model_options import check_similarity
+
     cls = loss_class(name)
-    similarity = dot_score if getattr(model, "similarity_fn_name", "cosine") == "dot" else cos_sim
+    similarity = {"cosine": cos_sim, "dot": dot_score}[check_similarity(model)]
     return cls(
         model,
         scale=1.0 / temperature,
@@ -124,14 +127,15 @@ def load_model(
 
     a released DEXML checkpoint, or a plain transformers encoder (no ``modules.json``), goes through
     :func:`~dexml_hf.hub.load_dexml_model` (CLS pooling unless ``pooling``); a sentence-transformers model loads as
-    it is, then ``pooling`` / ``normalize`` / ``max_seq_length`` adjust it. With ``normalize`` given,
-    ``similarity_fn_name`` becomes ``cosine`` (normalised) or ``dot`` (the losses and the label index read it);
-    otherwise the model's own similarity is kept.
+    it is, then ``pooling`` / ``normalize`` / ``max_seq_length`` adjust it (:func:`~dexml_hf.hub.adjust_pipeline`).
+    With ``normalize`` given, ``similarity_fn_name`` becomes ``cosine`` (normalised) or ``dot`` (the losses and the
+    label index read it); otherwise the model's own similarity is kept. A ``max_seq_length`` beyond the encoder's
+    position embeddings, and a euclidean / manhattan similarity, are refused (:mod:`dexml_hf.model_options`).
     """
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
-    from dexml_hf.hub import get_checkpoint, load_dexml_model
+    from dexml_hf.hub import adjust_pipeline, get_checkpoint, load_dexml_model
+    from dexml_hf.model_options import check_similarity
 
     path = resolve_model_path(name)
     local = Path(path)
@@ -149,23 +153,8 @@ def load_model(
         )
     else:
         model = SentenceTransformer(path, revision=revision, token=token)
-        if pooling is not None:
-            for idx, module in enumerate(model):
-                if isinstance(module, Pooling):
-                    model[idx] = Pooling(module.get_embedding_dimension(), pooling_mode=pooling)
-                    break
-            else:
-                raise UsageError(f"model {name}: pooling={pooling!r} given but the model has no Pooling module")
-        has_normalize = any(isinstance(m, Normalize) for m in model)
-        if normalize and not has_normalize:
-            model.append(Normalize())
-        elif normalize is False and has_normalize:
-            for idx in reversed([i for i, m in enumerate(model) if isinstance(m, Normalize)]):
-                del model[idx]
-        if max_seq_length is not None:
-            model.max_seq_length = max_seq_length
-    if normalize is not None or model.similarity_fn_name is None:  # else the model's own similarity stands
-        model.similarity_fn_name = "cosine" if any(isinstance(m, Normalize) for m in model) else "dot"
+        adjust_pipeline(model, pooling_mode=pooling, normalize=normalize, max_seq_length=max_seq_length, name=name)
+    check_similarity(model)
     base = hub_base_model(name)
     if base is not None:
         model.model_card_data.base_model = base

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dexml_hf.model_options import check_sequence_length
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -34,6 +36,7 @@ __all__ = [
     "DEXMLCheckpoint",
     "DEXML_CHECKPOINTS",
     "ResolvedSettings",
+    "adjust_pipeline",
     "get_checkpoint",
     "load_dexml_model",
     "resolve_settings",
@@ -311,8 +314,10 @@ def load_dexml_model(
             (e.g. ``model_kwargs={"torch_dtype": "float16"}``, ``tokenizer_name_or_path=...``).
 
     Unknown repos that carry a full sentence-transformers pipeline with modules other than
-    Transformer / Pooling / Normalize (a Dense head, ...) are loaded with ``SentenceTransformer(...)``
-    unchanged, since rebuilding them here would drop those modules.
+    Transformer / Pooling / Normalize (a Dense head, ...) are loaded with ``SentenceTransformer(...)`` (rebuilding
+    them here would drop those modules), then the options given are applied (:func:`adjust_pipeline`). A rebuilt
+    sentence-transformers folder keeps the prompts, default prompt and similarity of its
+    ``config_sentence_transformers.json`` (``normalize`` given: the similarity is ``cosine`` / ``dot``).
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -331,17 +336,21 @@ def load_dexml_model(
     )
     if settings.extra_modules:
         logger.warning(
-            "%s is a sentence-transformers pipeline with extra modules %s: loading it unchanged with SentenceTransformer",
+            "%s is a sentence-transformers pipeline with extra modules %s: loading it with SentenceTransformer, "
+            "then applying the options given",
             repo_id_or_path,
             settings.extra_modules,
         )
-        return SentenceTransformer(
+        model = SentenceTransformer(
             repo_id_or_path,
             device=device,
             revision=revision,
             cache_folder=cache_folder,
             token=token,
             local_files_only=local_files_only,
+        )
+        return adjust_pipeline(
+            model, pooling_mode=pooling_mode, normalize=normalize, max_seq_length=max_seq_length, name=repo_id_or_path
         )
     logger.info(
         "Loading %s as a DEXML dual encoder: pooling=%s (%s), normalize=%s (%s), max_seq_length=%d (%s)",
@@ -364,8 +373,62 @@ def load_dexml_model(
     modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=settings.pooling_mode)]
     if settings.normalize:
         modules.append(Normalize())
-    return SentenceTransformer(
+    # a saved sentence-transformers folder keeps its prompts and similarity through the rebuild
+    saved = _read_json(
+        repo_id_or_path,
+        "config_sentence_transformers.json",
+        revision=revision,
+        cache_folder=cache_folder,
+        token=token,
+        local_files_only=local_files_only,
+    )
+    saved = saved if isinstance(saved, dict) else {}
+    # its similarity stands where its own modules.json chose the normalisation (not an argument, not the registry)
+    similarity = saved.get("similarity_fn_name") if settings.source.get("normalize") == "modules.json" else None
+    model = SentenceTransformer(
         modules=modules,
         device=device,
-        similarity_fn_name="cosine" if settings.normalize else "dot",
+        prompts=saved.get("prompts") or None,
+        default_prompt_name=saved.get("default_prompt_name"),
+        similarity_fn_name=similarity or ("cosine" if settings.normalize else "dot"),
     )
+    check_sequence_length(model, "max_seq_length", settings.max_seq_length)
+    return model
+
+
+def adjust_pipeline(
+    model: SentenceTransformer,
+    *,
+    pooling_mode: str | None = None,
+    normalize: bool | None = None,
+    max_seq_length: int | None = None,
+    name: str = "model",
+) -> SentenceTransformer:
+    """Apply the options given to a loaded sentence-transformers pipeline (None keeps the model's own):
+    ``pooling_mode`` replaces its Pooling module, ``normalize`` adds or removes the Normalize module and makes the
+    similarity ``cosine`` / ``dot``, ``max_seq_length`` sets the token limit (checked against the position table)."""
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    from dexml_hf.errors import UsageError
+
+    if pooling_mode is not None:
+        for idx, module in enumerate(model):
+            if isinstance(module, Pooling):
+                model[idx] = Pooling(
+                    module.get_embedding_dimension(), pooling_mode=pooling_mode, include_prompt=module.include_prompt
+                )
+                break
+        else:
+            raise UsageError(f"model {name}: pooling={pooling_mode!r} given but the model has no Pooling module")
+    if normalize is not None:
+        has_normalize = any(isinstance(m, Normalize) for m in model)
+        if normalize and not has_normalize:
+            model.append(Normalize())
+        elif not normalize and has_normalize:
+            for idx in reversed([i for i, m in enumerate(model) if isinstance(m, Normalize)]):
+                del model[idx]
+        model.similarity_fn_name = "cosine" if normalize else "dot"
+    if max_seq_length is not None:
+        check_sequence_length(model, "max_seq_length", max_seq_length)
+        model.max_seq_length = max_seq_length
+    return model

@@ -6,13 +6,17 @@ scores label ``l`` as
     fused(q, l) = λ · s(q, l) + (1 − λ) · Σ_{q' ∈ kNN_k(q)} w(q, q') · Y[q', l],
     w(q, q') = exp(sim(q, q') / T) / Σ_{q'' ∈ kNN_k(q)} exp(sim(q, q'') / T),
 
-where ``s(q, l)`` is exactly the score :meth:`LabelIndex.search` ranks by: the inner product of the query embedding
-with the label embedding — the **cosine** for a normalised (cosine) model, the raw dot product for a ``dot`` model
-(never divided by the training temperature τ). ``sim(q, q')`` is the same inner product between query embeddings,
-``kNN_k(q)`` the ``k`` memory queries with the largest ``sim`` (exact, ties to the lower row), ``T`` the retrieval
-temperature and ``Y`` binary (``Y[q', l] = 1`` iff ``l`` is a positive of ``q'``, whatever relevance the dataset
-stores). So for a cosine model ``s ∈ [−1, 1]`` and the neighbour term ``∈ [0, 1]``: the two are on comparable
-scales, and ``λ`` is chosen on validation data (:func:`tune_retrieval`). ``λ = 1`` is plain dual-encoder search.
+where ``s(q, l)`` is the score :meth:`LabelIndex.search` ranks by, put on the cosine's scale: for a normalised
+(cosine) model the cosine itself; for a ``dot`` model the dot product divided by ``‖q‖ · max_l' ‖l'‖`` — per query a
+positive rescaling, so the label ranking (and ``λ = 1``, plain dual-encoder search) is the dot product's, but bounded in
+``[−1, 1]`` whatever the embeddings' norms (never divided by the training temperature τ). ``sim(q, q')`` is the
+cosine between query embeddings for every model (the memory is stored L2-normalised), ``kNN_k(q)`` the ``k`` memory
+queries with the largest ``sim`` (exact, ties to the lower row), ``T`` the retrieval temperature and ``Y`` binary
+(``Y[q', l] = 1`` iff ``l`` is a positive of ``q'``, whatever relevance the dataset stores). So ``s ∈ [−1, 1]`` and
+the neighbour term ``∈ [0, 1]`` for every model: the two are on comparable scales, the grid of ``λ``, ``k``, ``T``
+means the same for cosine and dot models (raw dot products of norm-10 embeddings would be ~100, drowning the
+neighbour term and turning the softmax over neighbours into a one-hot), and ``λ`` is chosen on validation data
+(:func:`tune_retrieval`).
 
 Scaling. Neighbours come from :func:`~dexml_hf.evaluation.topk.chunked_topk` (exact, chunked), test queries are
 processed ``query_chunk`` at a time, and the neighbour term of a chunk is a sparse ``chunk × L`` matrix
@@ -58,6 +62,7 @@ __all__ = [
     "MEMORY_FILE",
     "RetrievalMemory",
     "fused_topk",
+    "fusion_queries",
     "neighbour_term",
     "tune_retrieval",
 ]
@@ -97,13 +102,12 @@ class RetrievalMemory:
 
     Args:
         embeddings: ``(n, d)`` embeddings of the memory queries, made like the index's queries (same model, query
-            prompt, normalisation).
+            prompt); stored L2-normalised (neighbours are found and weighted by cosine, for every model).
         label_matrix: ``(n, L)`` sparse label matrix of those queries (binarised here).
         lam: weight ``λ`` of the dual-encoder score (``1 − λ`` goes to the neighbour term), in ``(0, 1]``.
         k: neighbours per query.
         temperature: ``T`` of the softmax over the neighbours' similarities.
-        normalized: whether the embeddings are L2-normalised (stored as given; :meth:`from_texts` normalises them
-            for a cosine model); queries searched against them are then normalised too.
+        normalized: whether the model is a cosine one (the index's ``normalized``; the two must agree).
         dtype: storage of the embeddings, ``"float32"`` or ``"float16"``; similarities are computed in fp32.
         tuning: how ``lam``/``k``/``temperature`` were chosen (written by :func:`tune_retrieval`; saved as is).
 
@@ -130,10 +134,12 @@ class RetrievalMemory:
         emb = torch.as_tensor(embeddings).detach().cpu()
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise ValueError(f"memory embeddings must be a non-empty (n, d) matrix, got shape {tuple(emb.shape)}")
+        self.normalized = bool(normalized)
+        if not self.normalized:  # a cosine model's are unit already (kept bit for bit)
+            emb = torch.nn.functional.normalize(emb.float(), dim=1)
         self.embeddings = emb.to(_DTYPES[dtype]).contiguous()
         self.dtype = dtype
         self.label_matrix = _binary_csr(label_matrix, self.embeddings.shape[0])
-        self.normalized = bool(normalized)
         self.set_params(lam, k, temperature)
         self.tuning = dict(tuning) if tuning else None
 
@@ -209,10 +215,11 @@ class RetrievalMemory:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query embeddings have shape {tuple(q.shape)}, expected (n, {self.dim})")
-        return torch.nn.functional.normalize(q, dim=1) if self.normalized else q
+        return torch.nn.functional.normalize(q, dim=1)
 
     def neighbours(self, query_embeddings, k: int | None = None, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact ``k`` nearest memory queries: ``(similarities (n, k) float32, rows (n, k) int64)``, best first.
+        """Exact ``k`` nearest memory queries by cosine: ``(similarities (n, k) float32, rows (n, k) int64)``, best
+        first.
 
         ``exclude``: ``(query_row, memory_row)`` pairs (or an ``n × N`` sparse matrix) that may not be neighbours
         (e.g. a training query itself). Places left empty have row ``-1`` and similarity ``-inf``.
@@ -312,6 +319,18 @@ def neighbour_term(sims: np.ndarray, rows: np.ndarray, label_matrix: sp.csr_matr
     return out
 
 
+def fusion_queries(q: torch.Tensor, label_embeddings: torch.Tensor, normalized: bool) -> torch.Tensor:
+    """Queries whose inner products with the labels are ``s(q, l)`` on the cosine's scale (module doc): as given
+    for a normalised index, else ``q / (‖q‖ · max_l ‖l‖)`` (per query a positive factor: the ranking is unchanged)."""
+    if normalized:
+        return q
+    top = 0.0
+    for s in range(0, label_embeddings.shape[0], 1 << 16):  # the norms in pieces (no fp32 copy of an fp16 table)
+        top = max(top, float(label_embeddings[s : s + (1 << 16)].float().norm(dim=1).max()))
+    norms = q.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return q.float() / (norms * max(top, 1e-12))
+
+
 def _gather_scores(q: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``<q[rows], labels[cols]>`` in fp32, in pieces so the gathered ``(m, d)`` blocks stay small."""
     out = np.empty(len(rows), dtype=np.float32)
@@ -335,7 +354,7 @@ def fused_topk(
     """Exact fused top-``k`` of one query chunk (see the module doc for why the candidates suffice).
 
     Args:
-        q: ``(n, d)`` query embeddings, already normalised as the index expects.
+        q: ``(n, d)`` query embeddings, from :func:`fusion_queries` (``<q, l>`` = ``s(q, l)``).
         label_embeddings: ``(L, d)``.
         lam: ``λ``.
         term: the neighbour term, sparse ``(n, L)``.
@@ -416,7 +435,8 @@ def search_with_memory(
             continue
         sims, rows = memory.neighbours(qc, knn_k)
         term = neighbour_term(sims, rows, memory.label_matrix, temperature)
-        out_scores[q0:q1], out_ids[q0:q1] = fused_topk(qc, index.embeddings, k, lam, term, base, ex)
+        qs = fusion_queries(qc, index.embeddings, index.normalized)
+        out_scores[q0:q1], out_ids[q0:q1] = fused_topk(qs, index.embeddings, k, lam, term, base, ex)
     return out_scores, out_ids
 
 
@@ -489,6 +509,7 @@ def grid_search(
     base = chunked_topk(q, index.embeddings, depth, exclude=excluded)
     base = (base[0].numpy(), base[1].numpy())
     sims, rows = memory.neighbours(q, max(ks_nn))
+    qs = fusion_queries(q, index.embeddings, index.normalized)
 
     def value(ids: np.ndarray) -> float:
         metrics = xmc_metrics(ids, truth, ks={at for _, at in parts}, inv_propensity=inv_propensity)
@@ -503,7 +524,7 @@ def grid_search(
             v = baseline
         else:
             term = neighbour_term(sims[:, :knn], rows[:, :knn], memory.label_matrix, temp)
-            v = value(fused_topk(q, index.embeddings, depth, lam, term, base, excluded)[1])
+            v = value(fused_topk(qs, index.embeddings, depth, lam, term, base, excluded)[1])
         results.append({"lam": lam, "k": knn, "temperature": temp, metric: v})
         if best is None or v > best[0]:
             best = (v, lam, knn, temp)

@@ -38,6 +38,7 @@ from transformers.training_args import ParallelMode
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.losses.base import XMCLoss
 from dexml_hf.model_card import DEXMLModelCardCallback, DEXMLModelCardData
+from dexml_hf.model_options import prompt_for, training_prompts, training_text_columns, validate_for_training
 from dexml_hf.negatives.all_labels import AllLabelsLoss
 from dexml_hf.negatives.hard_negatives import mine_shortlists, sample_from_shortlists
 from dexml_hf.negatives.label_cache import LabelEmbeddingCache
@@ -225,6 +226,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             loss.set_label_matrix(self.train_matrix)
         if model is not None and args.world_size > 1 and args.ddp_find_unused_parameters is False:
             _freeze_unused_poolers(model)
+        # training rows get the prompts the index, evaluation and mining encode with (model_options)
+        self._training_prompts = {}
+        if model is not None:
+            columns = training_text_columns(args, train_dataset, self.xmc)
+            self._training_prompts = training_prompts(model, columns, args.prompts)
         if model is not None and not isinstance(model.model_card_data, DEXMLModelCardData):
             model.model_card_data = DEXMLModelCardData.from_card_data(model.model_card_data)
             model.model_card_data.register_model(model)
@@ -238,6 +244,8 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             evaluator=evaluator,
             **kwargs,
         )
+        if self.model is not None:
+            validate_for_training(self.model, args, self.loss, self.xmc.num_labels if self.xmc is not None else None)
         self._check_loss_for_mode()
         self.add_callback(_EpochState(self))
         self.add_callback(_TestEvaluation(self))
@@ -262,6 +270,12 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             alpha=args.topk_alpha,
             logq_correction=args.logq_correction,
         )
+
+    def get_data_collator(self, model, args, processing_class=None):
+        """Upstream collator with the model's prompts on the training columns (``model_options.training_prompts``)."""
+        collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
+        collator.prompts = self._training_prompts
+        return collator
 
     def get_optimizer_cls_and_kwargs(self, args, model=None):
         """Upstream optimiser; with ``scale_lr_with_world_size`` every rate times the world size (the reference)."""
@@ -489,9 +503,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         return (loss, {}) if return_outputs else loss
 
     def _training_preprocess(self, texts, **kwargs):
-        """The model's tokenisation, at the training token limit ``args.max_length`` when set."""
+        """The model's tokenisation of label chunks: its label prompt (as the index encodes them), at the training
+        token limit ``args.max_length`` when set."""
         if self.args.max_length is not None:
             kwargs.setdefault("max_length", self.args.max_length)
+        kwargs.setdefault("prompt", prompt_for(self.model, "label"))
         return self.model.preprocess(texts, **kwargs)
 
     def _all_labels_engine(self, model) -> AllLabelsLoss:

@@ -237,3 +237,62 @@ def test_wikipedia_checkpoint_is_evaluated_on_the_reference_text(hub_server, dis
     np.testing.assert_allclose(scores, np.sort(reference, axis=1)[:, ::-1], rtol=1e-4, atol=1e-4)
     raw = _reference(distilbert_dir, ["Ada_Lovelace Mathematician (1815–1852)."], 128, False)
     assert not torch.allclose(raw[0], q[0], atol=1e-4)  # the preprocessing changes what the model sees
+
+
+def test_extra_modules_pipeline_takes_the_options_given(distilbert_dir, tmp_path):
+    """A pipeline with a Dense head loads as it is, then pooling / normalize / max_seq_length given are applied."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+
+    from dexml_hf.hub import load_dexml_model
+
+    transformer = Transformer(str(distilbert_dir), max_seq_length=64)
+    torch.manual_seed(1)
+    dense = Dense(32, 16)
+    SentenceTransformer(modules=[transformer, Pooling(32, "mean"), dense]).save(str(tmp_path / "st"))
+    model = load_dexml_model(str(tmp_path / "st"), device="cpu", normalize=True, max_seq_length=16, pooling_mode="cls")
+    assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    assert model[1].pooling_mode == "cls" and model.max_seq_length == 16 and model.similarity_fn_name == "cosine"
+    with torch.no_grad():
+        head = dense({"sentence_embedding": _reference(distilbert_dir, TEXTS, 16, False)})["sentence_embedding"]
+    expected = torch.nn.functional.normalize(head, dim=-1)
+    torch.testing.assert_close(model.encode(TEXTS, convert_to_tensor=True), expected, atol=1e-5, rtol=1e-4)
+    # without options the pipeline is unchanged
+    plain = load_dexml_model(str(tmp_path / "st"), device="cpu")
+    assert [type(m).__name__ for m in plain] == ["Transformer", "Pooling", "Dense"] and plain[1].pooling_mode == "mean"
+
+
+def test_rebuilt_sentence_transformers_repo_keeps_prompts_and_similarity(
+    hub_server, hub_repo_id, distilbert_dir, tmp_path
+):
+    """A saved DEXML model reloaded from the Hub keeps its prompts, default prompt and similarity through the rebuild."""
+    from dexml_hf.hub import load_dexml_model
+
+    model = load_dexml_model(str(distilbert_dir), device="cpu", max_seq_length=32)
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    model.default_prompt_name = "query"
+    model.similarity_fn_name = "cosine"  # cosine on unnormalised embeddings: what normalize=False alone would not say
+    model.save(str(tmp_path / "saved"))
+    commit = _push(tmp_path / "saved", hub_repo_id)
+    loaded = load_dexml_model(hub_repo_id, revision=commit, device="cpu", cache_folder=str(tmp_path / "c"))
+    assert [type(m).__name__ for m in loaded] == ["Transformer", "Pooling"]
+    assert loaded.prompts["query"] == "query: " and loaded.prompts["document"] == "passage: "
+    assert loaded.default_prompt_name == "query" and loaded.similarity_fn_name == "cosine"
+    short = [TEXTS[0], TEXTS[2]]  # (under the 32-token limit, where prompt + text is simply the concatenation)
+    torch.testing.assert_close(
+        loaded.encode(short, prompt_name="query", convert_to_tensor=True),
+        _reference(distilbert_dir, ["query: " + t for t in short], 32, False),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    # normalize given: the similarity follows it
+    dot = load_dexml_model(hub_repo_id, revision=commit, normalize=False, cache_folder=str(tmp_path / "c"))
+    assert dot.similarity_fn_name == "dot" and dot.prompts["query"] == "query: "
+
+
+def test_max_seq_length_beyond_the_position_table_is_refused(distilbert_dir):
+    from dexml_hf.errors import UsageError
+    from dexml_hf.hub import load_dexml_model
+
+    with pytest.raises(UsageError, match=r"max_seq_length=300 exceeds the 256 positions"):
+        load_dexml_model(str(distilbert_dir), max_seq_length=300)

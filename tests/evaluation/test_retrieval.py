@@ -94,21 +94,69 @@ def test_fused_search_equals_bruteforce_with_chunks_filters_and_relevances(dtype
         assert col not in ids[row]
 
 
-def test_dot_models_fuse_raw_inner_products():
+def _reference_dot_fused(q, labels, mem, y, lam, k, temperature):
+    """Dense numpy reference of a dot model's fusion: ``s = q·l / (‖q‖ max_l ‖l‖)``, neighbours by cosine."""
+    top = np.linalg.norm(labels, axis=1).max()
+    s = (q @ labels.T) / (np.linalg.norm(q, axis=1, keepdims=True) * top)
+    sims = _unit(q) @ _unit(mem).T
+    out_scores, out_ids = [], []
+    for i in range(len(q)):
+        nn = np.argsort(-sims[i], kind="stable")[:k]
+        w = np.exp(sims[i, nn] / temperature)
+        w /= w.sum()
+        fused = lam * s[i] + (1 - lam) * (w[:, None] * y[nn]).sum(0)
+        order = np.argsort(-fused, kind="stable")
+        out_scores.append(fused[order])
+        out_ids.append(order)
+    return np.array(out_scores), np.array(out_ids)
+
+
+def test_dot_models_fuse_on_the_cosine_scale():
+    """Unnormalised embeddings of varied norms: the fused score puts the dot product on the cosine's scale and
+    weighs neighbours by cosine, so λ, k, T mean what they mean for a cosine model."""
     rng = np.random.default_rng(0)
-    labels, mem, q = rng.normal(size=(20, 4)), rng.normal(size=(50, 4)), rng.normal(size=(6, 4))
+    labels = rng.normal(size=(20, 4)) * rng.uniform(0.5, 3.0, size=(20, 1))
+    mem = rng.normal(size=(50, 4)) * rng.uniform(0.5, 3.0, size=(50, 1))
+    q = rng.normal(size=(6, 4)) * 7.0
     y = (rng.random((50, 20)) < 0.1).astype(float)
-    memory = RetrievalMemory(torch.tensor(mem), sp.csr_matrix(y), lam=0.5, k=3, temperature=1.0, normalized=False)
-    index = LabelIndex(torch.tensor(labels), normalized=False, memory=memory)
-    scores, ids = index.search(torch.tensor(q), k=20)
-    s = q @ labels.T
-    sims = q @ mem.T
-    for i in range(6):
-        nn = np.argsort(-sims[i], kind="stable")[:3]
-        w = np.exp(sims[i, nn]) / np.exp(sims[i, nn]).sum()
-        fused = 0.5 * s[i] + 0.5 * (w[:, None] * y[nn]).sum(0)
-        np.testing.assert_array_equal(ids[i], np.argsort(-fused, kind="stable"))
-        np.testing.assert_allclose(scores[i], np.sort(fused)[::-1], rtol=1e-5, atol=1e-6)
+
+    def search(scale):
+        memory = RetrievalMemory(
+            torch.tensor(mem * scale), sp.csr_matrix(y), lam=0.5, k=3, temperature=0.1, normalized=False
+        )
+        index = LabelIndex(torch.tensor(labels * scale), normalized=False, memory=memory)
+        return index, index.search(torch.tensor(q * scale), k=20)
+
+    index, (scores, ids) = search(1.0)
+    ref_scores, ref_ids = _reference_dot_fused(q, labels, mem, y, 0.5, 3, 0.1)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    # λ = 1 is the plain dual encoder: the raw dot product's ranking
+    plain_ids = index.search(torch.tensor(q), k=20, use_memory=False)[1]
+    np.testing.assert_array_equal(plain_ids, np.argsort(-(q @ labels.T), axis=1, kind="stable"))
+    # every embedding ×10 (dot products ×100): the same fused ranking and scores; raw dot products would let
+    # λ·s drown the neighbour term
+    _, (scores10, ids10) = search(10.0)
+    np.testing.assert_array_equal(ids10, ids)
+    np.testing.assert_allclose(scores10, scores, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(ids, plain_ids)  # the neighbour term does change the ranking
+
+
+def test_dot_model_tuning_does_not_depend_on_the_embedding_scale():
+    """grid_search on a dot index picks the same λ, k, T and values whatever the embeddings' scale."""
+    rng = np.random.default_rng(5)
+    labels = rng.normal(size=(30, 6)) * rng.uniform(0.5, 3.0, size=(30, 1))
+    mem = rng.normal(size=(80, 6))
+    val = mem[:20] + 0.3 * rng.normal(size=(20, 6))  # validation queries near memory queries: neighbours help
+    y = sp.random(80, 30, density=0.1, random_state=2, format="csr")
+    results = []
+    for scale in (1.0, 10.0):
+        memory = RetrievalMemory(torch.tensor(mem * scale), y, normalized=False)
+        index = LabelIndex(torch.tensor(labels * scale), normalized=False)
+        result = grid_search(index, memory, torch.tensor(val * scale), y[:20], metric="precision@1+precision@3")
+        results.append((result.lam, result.k, result.temperature, [g["precision@1+precision@3"] for g in result.grid]))
+    assert results[0] == results[1]
+    assert results[0][0] < 1.0  # the memory is used
 
 
 def test_memory_validation_errors():
