@@ -194,10 +194,10 @@ def test_evaluate_index_from_a_model_repo_subfolder(tiny_model_path, tiny_model,
     from dexml_hf.data import save_to_folder
 
     ds = synthetic.generate_synthetic_xmc(num_labels=30, num_train=60, num_test=20, seed=0)
-    save_to_folder(ds, tmp_path / "ds")
+    save_to_folder(ds, tmp_path / "ds-index-hub")
     index = LabelIndex.from_texts(tiny_model, ds.label_texts(), label_ids=ds.labels["uid"])
     index.push_to_hub(hub_repo_id, path_in_repo="label_index")
-    argv = ["evaluate", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds"), "--plot", "false"]
+    argv = ["evaluate", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds-index-hub"), "--plot", "false"]
     assert main([*argv, "--output_dir", str(tmp_path / "a")]) == 0
     assert main([*argv, "--output_dir", str(tmp_path / "b"), "--index", f"{hub_repo_id}/label_index"]) == 0
     plain = json.loads((tmp_path / "a" / "eval_test.json").read_text())["metrics"]
