@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -415,9 +416,9 @@ class LabelIndex:
             if ids is None or len(ids) != len(texts):
                 raise UsageError(f"this index has label ids: give one id per text ({len(texts)} texts)")
             ids = list(ids)
-            if len(set(ids)) != len(ids):
-                twice = next(v for v in ids if ids.count(v) > 1)
-                raise UsageError(f"label id {twice!r} is given twice")
+            twice = [value for value, count in Counter(ids).items() if count > 1]
+            if twice:
+                raise UsageError(f"label id {twice[0]!r} is given twice")
             clash = _lookup(self.label_ids, ids)
             if (clash >= 0).any():
                 raise UsageError(f"label id {ids[int(np.flatnonzero(clash >= 0)[0])]!r} is already in the index")
@@ -559,6 +560,8 @@ class LabelIndex:
         path = Path(path_or_repo_id)
         if subfolder:
             path = path / subfolder
+        if path.exists() and not path.is_dir():
+            raise FileNotFoundError(f"{path} is a file, not a LabelIndex folder")
         if not path.is_dir():
             path = _download(str(path_or_repo_id), subfolder, revision, token, repo_type, load_memory)
         config_path = path / CONFIG_FILE
@@ -682,9 +685,16 @@ def _download(repo_id, subfolder, revision, token, repo_type, load_memory) -> Pa
     try:
         root = snapshot_download(repo, revision=revision, token=token, repo_type=repo_type, allow_patterns=patterns)
     except Exception as err:
-        from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
-        if isinstance(err, (HFValidationError, RepositoryNotFoundError, RevisionNotFoundError)):
+        if isinstance(
+            err, (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+        ):
             raise FileNotFoundError(
                 f"{repo_id} is neither a LabelIndex folder nor a Hub repo with one ({type(err).__name__})"
             ) from err

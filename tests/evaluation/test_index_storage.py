@@ -197,10 +197,24 @@ def test_evaluate_index_from_a_model_repo_subfolder(tiny_model_path, tiny_model,
     save_to_folder(ds, tmp_path / "ds-index-hub")
     index = LabelIndex.from_texts(tiny_model, ds.label_texts(), label_ids=ds.labels["uid"])
     index.push_to_hub(hub_repo_id, path_in_repo="label_index")
-    argv = ["evaluate", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds-index-hub"), "--plot", "false"]
+    argv = [
+        "evaluate",
+        "--model",
+        str(tiny_model_path),
+        "--dataset",
+        str(tmp_path / "ds-index-hub"),
+        "--plot",
+        "false",
+    ]
     assert main([*argv, "--output_dir", str(tmp_path / "a")]) == 0
     assert main([*argv, "--output_dir", str(tmp_path / "b"), "--index", f"{hub_repo_id}/label_index"]) == 0
     plain = json.loads((tmp_path / "a" / "eval_test.json").read_text())["metrics"]
     via_hub = json.loads((tmp_path / "b" / "eval_test.json").read_text())["metrics"]
     assert plain.keys() == via_hub.keys() and all(via_hub[k] == pytest.approx(plain[k], abs=1e-6) for k in plain)
     assert any(hf_cache.rglob("label_index/labels.feather"))
+    groups = json.loads((tmp_path / "b" / "eval_test.json").read_text())["label_groups"]
+    freq = np.bincount(ds.label_matrices["train"].indices, minlength=30)
+    test = ds.label_matrices["test"].tocsc()
+    for name, member in (("frequent", freq > 50), ("few", (freq > 0) & (freq <= 50)), ("zero", freq == 0)):
+        has = np.asarray(test[:, np.flatnonzero(member)].sum(axis=1)).ravel() > 0
+        assert groups[name]["labels"] == member.sum() and groups[name]["queries"] == has.sum()
