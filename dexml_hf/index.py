@@ -652,16 +652,18 @@ def _take(column, positions: np.ndarray):
 
 
 def _read_embeddings(file: Path) -> torch.Tensor:
-    """The ``embeddings`` tensor of a safetensors file (memory-mapped read by safetensors)."""
+    """The ``embeddings`` tensor of a safetensors file (safetensors memory-maps it: pages are read when searched)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(file), framework="pt") as f:
-            if "embeddings" not in f.keys():  # noqa: SIM118 - safe_open has keys(), not __contains__
-                raise ValueError(f"{file}: no tensor named 'embeddings'")
-            return f.get_tensor("embeddings")
-    except (OSError, RuntimeError) as err:  # damaged header or data
+            names = list(f.keys())
+            tensor = f.get_tensor("embeddings") if "embeddings" in names else None
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for damaged files
         raise DataError(f"{file}: not a readable safetensors file ({err})") from err
+    if tensor is None:
+        raise DataError(f"{file}: no tensor named 'embeddings'")
+    return tensor
 
 
 def _split_hub_id(repo_id: str, subfolder: str | None) -> tuple[str, str]:
