@@ -70,7 +70,16 @@ def test_build_from_a_dataset_and_integer_ids(tiny_model_path, tiny_model, tmp_p
     ds = synthetic.generate_synthetic_xmc(num_labels=12, num_train=30, num_test=5, seed=0)
     save_to_folder(ds, tmp_path / "ds-index-cmd")
     idx = tmp_path / "idx"
-    argv = ["index", "build", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds-index-cmd"), "--output", str(idx)]
+    argv = [
+        "index",
+        "build",
+        "--model",
+        str(tiny_model_path),
+        "--dataset",
+        str(tmp_path / "ds-index-cmd"),
+        "--output",
+        str(idx),
+    ]
     assert main(argv) == 0
     index = LabelIndex.load(idx)
     assert list(index.label_ids) == list(ds.labels["uid"]) and list(index.texts) == list(ds.label_texts())

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from dexml_hf.cli import main
-from dexml_hf.errors import UsageError
+from dexml_hf.errors import DataError, UsageError
 from dexml_hf.index import LabelIndex
 from dexml_hf.io import ArrowColumn
 
@@ -67,6 +67,13 @@ def test_a_folder_of_the_old_json_format_still_loads(tmp_path):
     assert "texts" not in json.loads((old / "label_index.json").read_text())
     again = LabelIndex.load(old)
     assert isinstance(again.texts, ArrowColumn) and again.texts == LABELS and again.label_ids == list(range(10, 17))
+
+
+def test_a_damaged_labels_file_is_named(tmp_path):
+    folder = _index().save(tmp_path / "idx")
+    (folder / "labels.feather").write_bytes(b"not arrow")
+    with pytest.raises(DataError, match="labels.feather: not a readable Arrow IPC file"):
+        LabelIndex.load(folder)
 
 
 def test_labels_are_memory_mapped_not_read_into_the_heap(tmp_path):
