@@ -1,4 +1,4 @@
-"""The ``dexml-hf`` command line: ``train``, ``evaluate``, ``predict``, ``convert``, ``card``.
+"""The ``dexml-hf`` command line: ``train``, ``evaluate``, ``predict``, ``convert``, ``card``, ``memory``, ``index``.
 
 Each subcommand lives in ``dexml_hf/commands/<name>.py`` with ``HELP``, ``build_parser()`` (a
 :class:`~dexml_hf.script_args.DEXMLArgumentParser`: dataclass options + ``--config recipe.yaml``) and ``main(argv)``.
@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("train", "evaluate", "predict", "convert", "card", "memory")
+SUBCOMMANDS = ("train", "evaluate", "predict", "convert", "card", "memory", "index")
 
 
 def _usage() -> str:

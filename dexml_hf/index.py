@@ -1,16 +1,17 @@
-"""``LabelIndex``: label embeddings encoded once, exact top-k search, save/load/push.
+"""``LabelIndex``: label embeddings encoded once, exact top-k search where the model runs, save/load/push, and
+labels that change without retraining.
 
-Label ids are positions ``0 … L-1`` in the index (the column index of the label matrix); an
-optional ``label_ids`` list keeps the dataset's own identifiers (e.g. uids) for display.
-Normalisation follows the model: a model whose similarity is cosine is searched with
-L2-normalised embeddings (inner product = cosine), a ``dot`` model with raw embeddings.
+Label ids are positions ``0 … L-1`` in the index (the column index of the label matrix); an optional ``label_ids``
+list keeps the dataset's own identifiers (e.g. uids), the handle by which labels are removed or updated.
+Normalisation follows the model: a model whose similarity is cosine is searched with L2-normalised embeddings
+(inner product = cosine), a ``dot`` model with raw embeddings.
 
-Files written by :meth:`LabelIndex.save`: ``embeddings.safetensors`` (one tensor, ``embeddings``)
-and ``label_index.json`` (format version, dtype, normalisation flag, model name, prompt names,
-label ids and texts). An index with a retrieval memory (:mod:`dexml_hf.retrieval`: the training queries'
-embeddings and label matrix, for retrieval-augmented prediction) adds ``memory.safetensors`` and a ``"memory"``
-entry in the JSON; :meth:`LabelIndex.search` then ranks by the fused score. Format version 2 (version 1 folders,
-without a memory, still load).
+Files written by :meth:`LabelIndex.save` (all at once: :func:`dexml_hf.io.atomic_folder`):
+``embeddings.safetensors`` (one tensor, ``embeddings``), ``labels.feather`` (an Arrow IPC file with columns
+``label_id`` and ``text`` when the index has them, memory-mapped on load) and ``label_index.json`` (format version,
+dtype, normalisation flag, model name, prompt names). An index with a retrieval memory (:mod:`dexml_hf.retrieval`)
+adds ``memory.safetensors`` and a ``"memory"`` entry in the JSON; an approximate backend saves into
+``approximate/``. Format version 3; versions 1 and 2 (ids and texts inside the JSON) still load.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr
+from dexml_hf.encoding import encode_texts, model_name_of, prompt_name_for, resolve_normalize
+from dexml_hf.errors import DataError, UsageError
+from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr, labels_for_device
+from dexml_hf.io import ArrowColumn, atomic_folder, read_arrow_columns, write_arrow_columns
 from dexml_hf.retrieval import MEMORY_FILE, RetrievalMemory, search_with_memory
 
 if TYPE_CHECKING:
@@ -35,90 +40,65 @@ __all__ = ["LabelIndex", "encode_texts", "model_name_of", "prompt_name_for", "re
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 CONFIG_FILE = "label_index.json"
-FORMAT_VERSION = 2  # 2: optional retrieval memory (memory.safetensors + "memory" in the JSON)
+LABELS_FILE = "labels.feather"
+#: the folder inside an index folder that an approximate backend (``LabelIndex.approximate``) saves into
+APPROXIMATE_DIR = "approximate"
+FORMAT_VERSION = 3  # 2: optional retrieval memory; 3: label ids and texts in labels.feather
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "fp32": torch.float32, "fp16": torch.float16}
 _BACKENDS = ("torch", "faiss")
 
 
-def prompt_name_for(model: SentenceTransformer, role: str) -> str | None:
-    """The model's prompt name for ``role`` when it defines a non-empty one, else ``None``.
-
-    ``"query"`` for queries; ``"label"`` for labels, falling back to sentence-transformers' ``"document"``.
-    (Sentence-transformers 6 registers empty ``query``/``document`` prompts on every model; empty means none.)
-    """
-    prompts = getattr(model, "prompts", None) or {}
-    candidates = ("label", "document") if role == "label" else (role,)
-    return next((name for name in candidates if prompts.get(name)), None)
+def _is_index_folder(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file()
 
 
-def resolve_normalize(model: SentenceTransformer, normalize: bool | None = None) -> bool:
-    """Whether to L2-normalise embeddings before inner-product search, from the model's similarity function."""
-    if normalize is not None:
-        return bool(normalize)
-    name = str(getattr(model, "similarity_fn_name", "cosine") or "cosine")
-    name = getattr(getattr(model, "similarity_fn_name", None), "value", name)
-    if name == "cosine":
-        return True
-    if name == "dot":
-        return False
-    raise ValueError(
-        f"LabelIndex searches by inner product; model similarity {name!r} is not supported (use cosine or dot)"
-    )
+def _column(values: Sequence[Any] | None):
+    """Keep an Arrow column as is (memory-mapped), copy anything else into a list."""
+    if values is None or isinstance(values, ArrowColumn):
+        return values
+    return list(values)
 
 
-def model_name_of(model: SentenceTransformer) -> str | None:
-    """A readable name for the model (Hub id or local path) recorded in the index metadata."""
-    card = getattr(model, "model_card_data", None)
-    for value in (getattr(card, "model_id", None), getattr(card, "base_model", None)):
-        if value:
-            return str(value)
-    return None
+def _lookup(column: Sequence[Any], wanted: Sequence[Any]) -> np.ndarray:
+    """Position of each ``wanted`` value in ``column`` (-1 when absent), vectorised through Arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-
-def encode_texts(
-    model: SentenceTransformer,
-    texts: Sequence[str],
-    role: str,
-    batch_size: int = 64,
-    normalize: bool | None = None,
-    show_progress_bar: bool | None = None,
-    max_length: int | None = None,
-) -> torch.Tensor:
-    """Embed ``texts`` as ``role`` (``"query"`` or ``"label"``): batched, with the model's prompt of that name
-    if it has one, its max length (or ``max_length`` tokens), and normalisation per :func:`resolve_normalize`.
-    Returns fp32 on CPU."""
-    texts = list(texts)
-    if not texts:
-        dim = model.get_embedding_dimension() or 0
-        return torch.empty((0, dim), dtype=torch.float32)
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise ValueError(f"{role} text #{bad[0]} is {type(texts[bad[0]]).__name__}, expected str")
-    emb = model.encode(
-        texts,
-        prompt_name=prompt_name_for(model, role),
-        batch_size=batch_size,
-        show_progress_bar=show_progress_bar,
-        convert_to_tensor=True,
-        normalize_embeddings=resolve_normalize(model, normalize),
-        **({"processing_kwargs": {"text": {"max_length": max_length}}} if max_length is not None else {}),
-    )
-    return emb.detach().to("cpu", torch.float32)
+    if not isinstance(column, ArrowColumn):
+        try:
+            column = ArrowColumn(pa.array(list(column)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # ids of mixed types: a plain dictionary
+            where = {value: i for i, value in enumerate(column)}
+            return np.asarray([where.get(value, -1) for value in wanted], dtype=np.int64)
+    haystack = column.array
+    if len(haystack) == 0 or len(wanted) == 0:
+        return np.full(len(wanted), -1, dtype=np.int64)
+    try:
+        needles = pa.array(list(wanted), type=haystack.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return np.full(len(wanted), -1, dtype=np.int64)  # ids of another type cannot be in the column
+    found = pc.index_in(needles, value_set=haystack.combine_chunks())
+    return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 class LabelIndex:
-    """Label embeddings with exact, chunked inner-product top-k search.
+    """Label embeddings with exact, chunked inner-product top-k search on a chosen device.
 
     Args:
-        embeddings: ``(L, d)`` label embeddings (stored as given ``dtype``).
-        label_ids: optional external identifiers, one per row (kept for display and saved with the index).
+        embeddings: ``(L, d)`` label embeddings (stored as given ``dtype``, on the CPU).
+        label_ids: optional external identifiers, one per row (saved with the index; how labels are removed).
         texts: optional label texts, one per row.
         normalized: whether the embeddings are L2-normalised (queries are then normalised the same way).
         model_name: the encoder that produced the embeddings (metadata only).
         dtype: ``"float32"`` or ``"float16"`` storage; scores are always computed in fp32.
         backend: ``"torch"`` (exact, chunked) or ``"faiss"`` (``IndexFlatIP``, needs ``faiss-cpu``).
         memory: a :class:`~dexml_hf.retrieval.RetrievalMemory` (training queries + label matrix); when set,
-            :meth:`search` ranks by ``λ·s(q, l) + (1 − λ)·Σ_kNN w·Y`` (exact, always through the torch search).
+            :meth:`search` ranks by ``λ·s(q, l) + (1 − λ)·Σ_kNN w·Y`` (exact fusion over :meth:`_topk`'s candidates).
+        device: where searches run (``"cpu"``, ``"cuda"``, a ``torch.device``); default CPU, and the model's
+            device in :meth:`from_texts`. On a GPU the embeddings are copied there once when they fit half of
+            ``memory_budget`` (default: of its free memory), else streamed a chunk at a time. Ids, scores (fp32,
+            no TF32) and ties (to the lower id) are those of the CPU search.
+        memory_budget: bytes a search may use on ``device`` (the resident labels and one score block).
 
     Example::
 
@@ -138,11 +118,15 @@ class LabelIndex:
         query_prompt_name: str | None = None,
         label_prompt_name: str | None = None,
         memory: RetrievalMemory | None = None,
+        device: torch.device | str | None = None,
+        memory_budget: int | None = None,
     ):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if memory_budget is not None and int(memory_budget) < 1:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         emb = torch.as_tensor(embeddings).detach().cpu()
         if emb.ndim != 2:
             raise ValueError(f"embeddings must be 2-D (labels × dims), got shape {tuple(emb.shape)}")
@@ -152,20 +136,27 @@ class LabelIndex:
         for field, values in (("label_ids", label_ids), ("texts", texts)):
             if values is not None and len(values) != n:
                 raise ValueError(f"{field} has {len(values)} entries but embeddings have {n} rows")
-        self.label_ids = list(label_ids) if label_ids is not None else None
-        self.texts = list(texts) if texts is not None else None
+        self.label_ids = _column(label_ids)
+        self.texts = _column(texts)
         self.normalized = bool(normalized)
         self.model_name = model_name
         self.backend = backend
         self.query_prompt_name = query_prompt_name
         self.label_prompt_name = label_prompt_name
+        self.memory_budget = None if memory_budget is None else int(memory_budget)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._on_device = None  # (cpu tensor, its copy for self.device)
         self._faiss_index = None
+        #: an approximate backend (``dexml_hf.ann``) with ``search/add/remove/save``: when set, :meth:`_topk` asks
+        #: it instead of the exact search, and label changes and saves are passed on to it.
+        self.approximate = None
         self.memory = None
         if memory is not None:
             self.attach_memory(memory)
 
     def attach_memory(self, memory: RetrievalMemory | None) -> LabelIndex:
-        """Use ``memory`` for retrieval-augmented search (``None`` detaches it); checks dims, labels, normalisation."""
+        """Use ``memory`` for retrieval-augmented search (``None`` detaches it); checks dims, labels, normalisation.
+        The memory searches on the index's device."""
         if memory is not None:
             if not isinstance(memory, RetrievalMemory):
                 raise TypeError(f"memory must be a RetrievalMemory, got {type(memory).__name__}")
@@ -179,7 +170,18 @@ class LabelIndex:
                     f"memory normalized={memory.normalized} but index normalized={self.normalized}: "
                     "embed both with the same model"
                 )
+            memory.to(self.device, self.memory_budget)
         self.memory = memory
+        return self
+
+    def to(self, device: torch.device | str, memory_budget: int | None = None) -> LabelIndex:
+        """Search on ``device`` from now on (the memory too); returns ``self``."""
+        self.device = torch.device(device)
+        if memory_budget is not None:
+            self.memory_budget = int(memory_budget)
+        self._on_device = None
+        if self.memory is not None:
+            self.memory.to(self.device, self.memory_budget)
         return self
 
     def __len__(self) -> int:
@@ -188,7 +190,8 @@ class LabelIndex:
     def __repr__(self) -> str:
         return (
             f"LabelIndex(n_labels={len(self)}, dim={self.dim}, dtype={self.dtype}, normalized={self.normalized}, "
-            f"backend={self.backend!r}, model_name={self.model_name!r}, memory={self.memory!r})"
+            f"backend={self.backend!r}, device={str(self.device)!r}, model_name={self.model_name!r}, "
+            f"memory={self.memory!r})"
         )
 
     @property
@@ -207,8 +210,11 @@ class LabelIndex:
         backend: str = "torch",
         show_progress_bar: bool | None = None,
         memory: RetrievalMemory | None = None,
+        device: torch.device | str | None = None,
+        memory_budget: int | None = None,
     ) -> LabelIndex:
-        """Encode ``texts`` once with ``model`` (label prompt if the model has one) and index them."""
+        """Encode ``texts`` once with ``model`` (label prompt if the model has one) and index them; searches run on
+        ``device``, by default the model's."""
         normalized = resolve_normalize(model, normalize)
         emb = encode_texts(model, texts, "label", batch_size, normalized, show_progress_bar)
         return cls(
@@ -222,6 +228,8 @@ class LabelIndex:
             query_prompt_name=prompt_name_for(model, "query"),
             label_prompt_name=prompt_name_for(model, "label"),
             memory=memory,
+            device=device if device is not None else getattr(model, "device", None),
+            memory_budget=memory_budget,
         )
 
     from_model = from_texts
@@ -249,18 +257,38 @@ class LabelIndex:
         q = self._prepare_queries(query_embeddings)
         if self.memory is not None and use_memory:
             return search_with_memory(self, self.memory, q, k, exclude=exclude, query_chunk=query_chunk or 4096)
+        return self._topk(q, k, exclude, query_chunk, label_chunk, show_progress_bar)
+
+    def _topk(
+        self, q: torch.Tensor, k: int, exclude=None, query_chunk=None, label_chunk=None, show_progress_bar=False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by ``s(q, l)`` of prepared queries: the one place a search backend is chosen (the approximate
+        backend when one is attached, faiss when asked, else the exact chunked search on :attr:`device`)."""
+        if self.approximate is not None:
+            return self.approximate.search(q, k, exclude=exclude)
         if self.backend == "faiss":
             return self._search_faiss(q, k, exclude)
+        budget = self.memory_budget
         scores, ids = chunked_topk(
             q,
-            self.embeddings,
+            self._labels_on_device(),
             k,
             exclude=exclude,
             query_chunk=query_chunk,
             label_chunk=label_chunk,
+            device=self.device,
             show_progress_bar=show_progress_bar,
+            memory_budget=None if budget is None else max(1, budget // 2),
         )
         return scores.numpy(), ids.numpy()
+
+    def _labels_on_device(self) -> torch.Tensor:
+        """The label embeddings for a search on :attr:`device` (a resident copy, cached, when they fit)."""
+        if self.device.type == "cpu":
+            return self.embeddings
+        if self._on_device is None or self._on_device[0] is not self.embeddings:
+            self._on_device = (self.embeddings, labels_for_device(self.embeddings, self.device, self.memory_budget))
+        return self._on_device[1]
 
     def _prepare_queries(self, query_embeddings) -> torch.Tensor:
         """fp32 CPU ``(n, d)`` queries, L2-normalised when the index is."""
@@ -335,6 +363,132 @@ class LabelIndex:
             results.append(row)
         return results
 
+    # ---- labels that change without retraining ------------------------------------------------
+
+    def positions_of(self, ids: Sequence[Any]) -> np.ndarray:
+        """Positions of the labels with external ids ``ids`` (positions themselves when the index has no
+        ``label_ids``); an unknown or repeated id is a :class:`~dexml_hf.errors.UsageError` naming it."""
+        ids = list(ids)
+        seen = set()
+        for value in ids:
+            if value in seen:
+                raise UsageError(f"label id {value!r} is given twice")
+            seen.add(value)
+        if self.label_ids is None:
+            bad = [
+                v for v in ids if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v < len(self)
+            ]
+            if bad:
+                raise UsageError(
+                    f"unknown label {bad[0]!r}: this index has no label ids, labels are positions 0 to {len(self) - 1}"
+                )
+            return np.asarray(ids, dtype=np.int64)
+        positions = _lookup(self.label_ids, ids)
+        if (positions < 0).any():
+            missing = [ids[i] for i in np.flatnonzero(positions < 0)[:5]]
+            raise UsageError(f"unknown label id(s) {', '.join(map(repr, missing))}: not in this index")
+        return positions
+
+    def _encode_labels(self, model: SentenceTransformer, texts: Sequence[str], batch_size: int, show_progress_bar):
+        texts = list(texts)
+        if any(not isinstance(t, str) for t in texts):
+            raise UsageError("label texts must be strings")
+        emb = encode_texts(model, texts, "label", batch_size, self.normalized, show_progress_bar)
+        if emb.shape[1] != self.dim:
+            raise UsageError(f"the model makes {emb.shape[1]}-dim embeddings; this index holds {self.dim}-dim ones")
+        return emb.to(self.embeddings.dtype)
+
+    def add_labels(
+        self,
+        model: SentenceTransformer,
+        texts: Sequence[str],
+        ids: Sequence[Any] | None = None,
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Embed ``texts`` with ``model`` (as labels) and append them at positions ``L … L+m−1``; returns those.
+
+        ``ids``: their external ids (required when the index has ``label_ids``, refused when it has none; an id
+        already in the index or given twice is refused). The retrieval memory gets empty columns for them (no
+        training query has them: their neighbour term is 0 until the memory is rebuilt)."""
+        texts = list(texts)
+        if self.label_ids is not None:
+            if ids is None or len(ids) != len(texts):
+                raise UsageError(f"this index has label ids: give one id per text ({len(texts)} texts)")
+            ids = list(ids)
+            twice = [value for value, count in Counter(ids).items() if count > 1]
+            if twice:
+                raise UsageError(f"label id {twice[0]!r} is given twice")
+            clash = _lookup(self.label_ids, ids)
+            if (clash >= 0).any():
+                raise UsageError(f"label id {ids[int(np.flatnonzero(clash >= 0)[0])]!r} is already in the index")
+        elif ids is not None:
+            raise UsageError("this index has no label ids (labels are positions); add without ids")
+        if not texts:
+            return np.empty(0, dtype=np.int64)
+        emb = self._encode_labels(model, texts, batch_size, show_progress_bar)
+        start = len(self)
+        self.embeddings = torch.cat([self.embeddings, emb]).contiguous()
+        if self.label_ids is not None:
+            self.label_ids = _extend(self.label_ids, ids)
+        if self.texts is not None:
+            self.texts = _extend(self.texts, texts)
+        if self.memory is not None:
+            self.memory.remap_labels(np.arange(start), len(texts))
+        if self.approximate is not None:
+            self.approximate.add(emb)
+        self._faiss_index = None
+        return np.arange(start, len(self), dtype=np.int64)
+
+    def remove_labels(self, ids: Sequence[Any]) -> np.ndarray:
+        """Remove the labels with external ids ``ids`` (positions when the index has no ``label_ids``); the labels
+        after them move up (position = row of the compacted index). Their columns leave the retrieval memory, so
+        neither the label score nor the neighbour term can return them. Returns the removed (old) positions."""
+        positions = np.sort(self.positions_of(ids))
+        keep = np.setdiff1d(np.arange(len(self)), positions)
+        if len(keep) == 0:
+            raise UsageError("removing every label would leave an empty index")
+        self.embeddings = self.embeddings[torch.from_numpy(keep)].contiguous()
+        if self.label_ids is not None:
+            self.label_ids = _take(self.label_ids, keep)
+        if self.texts is not None:
+            self.texts = _take(self.texts, keep)
+        if self.memory is not None:
+            self.memory.remap_labels(keep, 0)
+        if self.approximate is not None:
+            self.approximate.remove(positions)
+        self._faiss_index = None
+        return positions
+
+    def update_labels(
+        self,
+        model: SentenceTransformer,
+        texts: Sequence[str],
+        ids: Sequence[Any],
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Re-embed the labels ``ids`` from new ``texts`` in place (positions and memory columns unchanged)."""
+        texts, ids = list(texts), list(ids)
+        if len(texts) != len(ids):
+            raise UsageError(f"{len(texts)} texts for {len(ids)} ids")
+        positions = self.positions_of(ids)
+        if not len(positions):
+            return positions
+        emb = self._encode_labels(model, texts, batch_size, show_progress_bar)
+        embeddings = self.embeddings.clone()
+        embeddings[torch.from_numpy(positions)] = emb
+        self.embeddings = embeddings
+        if self.texts is not None:
+            new = list(self.texts)
+            for p, t in zip(positions.tolist(), texts):
+                new[p] = t
+            self.texts = new
+        if self.approximate is not None:  # rows changed in place: the approximate index is rebuilt on them
+            self.approximate.build(self.embeddings)
+        self._faiss_index = None
+        return positions
+
     # ---- persistence --------------------------------------------------------------------------
 
     def config_dict(self) -> dict[str, Any]:
@@ -347,24 +501,41 @@ class LabelIndex:
             "model_name": self.model_name,
             "query_prompt_name": self.query_prompt_name,
             "label_prompt_name": self.label_prompt_name,
-            "label_ids": self.label_ids,
-            "texts": self.texts,
+            "labels_file": LABELS_FILE,
+            "label_columns": [
+                name for name, v in (("label_id", self.label_ids), ("text", self.texts)) if v is not None
+            ],
             "memory": self.memory.config_dict() if self.memory is not None else None,
+            "approximate": getattr(self.approximate, "config_dict", dict)() if self.approximate is not None else None,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``embeddings.safetensors``, ``label_index.json`` (and ``memory.safetensors``) into ``path``."""
+        """Write the index folder at once: embeddings, ``labels.feather``, ``label_index.json``, the memory and the
+        approximate index, into a temp folder beside ``path`` that then takes its place (see
+        :func:`dexml_hf.io.atomic_folder`). An existing index folder at ``path`` is replaced; a folder of other
+        files is refused."""
         from safetensors.torch import save_file
+        from tqdm.auto import tqdm
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"embeddings": self.embeddings}, str(path / EMBEDDINGS_FILE), metadata={"format": "dexml_hf"})
-        if self.memory is not None:
-            self.memory.save(path)
-        elif (path / MEMORY_FILE).is_file():
-            (path / MEMORY_FILE).unlink()  # a stale memory of an earlier save must not look like this index's
-        with open(path / CONFIG_FILE, "w", encoding="utf-8") as f:
-            json.dump(self.config_dict(), f, ensure_ascii=False)
+        steps = ["embeddings", "labels", *(["memory"] if self.memory is not None else [])]
+        steps += ["approximate index"] if self.approximate is not None else []
+        with atomic_folder(path, replaceable=_is_index_folder) as tmp:
+            progress = tqdm(steps, desc=f"saving {path.name}", leave=False, disable=len(self) < 1_000_000)
+            for step in progress:
+                progress.set_postfix_str(step)
+                if step == "embeddings":
+                    save_file(
+                        {"embeddings": self.embeddings}, str(tmp / EMBEDDINGS_FILE), metadata={"format": "dexml_hf"}
+                    )
+                elif step == "labels":
+                    write_arrow_columns(tmp / LABELS_FILE, {"label_id": self.label_ids, "text": self.texts})
+                elif step == "memory":
+                    self.memory.save(tmp)
+                else:
+                    self.approximate.save(tmp / APPROXIMATE_DIR)
+            with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
+                json.dump(self.config_dict(), f, ensure_ascii=False)
         return path
 
     @classmethod
@@ -376,27 +547,23 @@ class LabelIndex:
         repo_type: str = "model",
         backend: str = "torch",
         load_memory: bool = True,
+        subfolder: str | None = None,
+        device: torch.device | str | None = None,
+        memory_budget: int | None = None,
     ) -> LabelIndex:
-        """Load from a local folder written by :meth:`save`, or download it from a Hub repo id.
+        """Load from a local folder written by :meth:`save`, or download it from the Hub.
 
-        ``load_memory=False`` skips a saved retrieval memory (plain dual-encoder search, less memory)."""
-        from dexml_hf.io import read_safetensors
-
+        A Hub index is ``repo_id`` (the index at the repo's root) with ``subfolder`` (e.g. ``"label_index"`` in a
+        model repo), or both in one string, ``user/model/label_index``; only the index's files are downloaded.
+        ``load_memory=False`` skips a saved retrieval memory (plain dual-encoder search, less memory). Label ids
+        and texts are memory-mapped from ``labels.feather`` (folders of format 1 and 2 keep them in the JSON)."""
         path = Path(path_or_repo_id)
+        if subfolder:
+            path = path / subfolder
+        if path.exists() and not path.is_dir():
+            raise FileNotFoundError(f"{path} is a file, not a LabelIndex folder")
         if not path.is_dir():
-            if os.path.exists(path) or str(path_or_repo_id).count("/") > 1 or str(path_or_repo_id).startswith("."):
-                raise FileNotFoundError(f"{path_or_repo_id} is neither a LabelIndex folder nor a Hub repo id")
-            from huggingface_hub import snapshot_download
-
-            path = Path(
-                snapshot_download(
-                    str(path_or_repo_id),
-                    revision=revision,
-                    token=token,
-                    repo_type=repo_type,
-                    allow_patterns=[EMBEDDINGS_FILE, CONFIG_FILE, *([MEMORY_FILE] if load_memory else [])],
-                )
-            )
+            path = _download(str(path_or_repo_id), subfolder, revision, token, repo_type, load_memory)
         config_path = path / CONFIG_FILE
         if not config_path.is_file() or not (path / EMBEDDINGS_FILE).is_file():
             raise FileNotFoundError(f"{path} lacks {CONFIG_FILE} or {EMBEDDINGS_FILE}; not a saved LabelIndex")
@@ -411,18 +578,20 @@ class LabelIndex:
                 f"{config_path}: format_version {version!r} is not one this dexml_hf reads (1 to {FORMAT_VERSION}); "
                 "a newer index needs a newer dexml_hf (pip install -U dexml_hf)"
             )
-        tensors = read_safetensors(path / EMBEDDINGS_FILE)
-        if "embeddings" not in tensors:
-            raise ValueError(f"{path / EMBEDDINGS_FILE}: no tensor named 'embeddings'")
-        emb = tensors["embeddings"]
+        emb = _read_embeddings(path / EMBEDDINGS_FILE)
         if config.get("n_labels") is not None and emb.shape[0] != config["n_labels"]:
             raise ValueError(
                 f"{config_path}: field n_labels={config['n_labels']} but embeddings have {emb.shape[0]} rows"
             )
-        return cls(
+        if version >= 3:
+            columns = read_arrow_columns(path / config.get("labels_file", LABELS_FILE))
+            label_ids, texts = columns.get("label_id"), columns.get("text")
+        else:  # formats 1 and 2: ids and texts inside the JSON
+            label_ids, texts = config.get("label_ids"), config.get("texts")
+        index = cls(
             emb,
-            label_ids=config.get("label_ids"),
-            texts=config.get("texts"),
+            label_ids=label_ids,
+            texts=texts,
             normalized=config.get("normalized", False),
             model_name=config.get("model_name"),
             dtype=config.get("dtype", "float32"),
@@ -430,7 +599,11 @@ class LabelIndex:
             query_prompt_name=config.get("query_prompt_name"),
             label_prompt_name=config.get("label_prompt_name"),
             memory=RetrievalMemory.load(path, config["memory"]) if load_memory and config.get("memory") else None,
+            device=device,
+            memory_budget=memory_budget,
         )
+        # an approximate backend (config["approximate"], files in APPROXIMATE_DIR) is loaded here by dexml_hf.ann
+        return index
 
     def push_to_hub(
         self,
@@ -440,18 +613,96 @@ class LabelIndex:
         commit_message: str = "Upload LabelIndex",
         repo_type: str = "model",
         revision: str | None = None,
+        path_in_repo: str | None = None,
     ):
-        """Create ``repo_id`` if needed and upload the saved index; returns the commit info."""
+        """Create ``repo_id`` if needed and upload the saved index (into ``path_in_repo``, e.g. ``label_index``
+        beside a model); returns the commit info."""
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            self.save(tmp)
+            folder = self.save(Path(tmp) / "label_index")
             return api.upload_folder(
                 repo_id=repo_id,
-                folder_path=tmp,
+                folder_path=folder,
+                path_in_repo=path_in_repo,
                 repo_type=repo_type,
                 revision=revision,
                 commit_message=commit_message,
             )
+
+
+def _extend(column, values: Sequence[Any]):
+    if isinstance(column, ArrowColumn):
+        import pyarrow as pa
+
+        try:
+            extra = pa.array(list(values), type=column.array.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise UsageError(f"new values do not match the index's {column.array.type} column ({err})") from err
+        return ArrowColumn(pa.chunked_array([*column.array.chunks, extra], type=column.array.type))
+    return [*column, *values]
+
+
+def _take(column, positions: np.ndarray):
+    if isinstance(column, ArrowColumn):
+        return ArrowColumn(column.array.take(positions))
+    return [column[i] for i in positions.tolist()]
+
+
+def _read_embeddings(file: Path) -> torch.Tensor:
+    """The ``embeddings`` tensor of a safetensors file (safetensors memory-maps it: pages are read when searched)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            names = list(f.keys())
+            tensor = f.get_tensor("embeddings") if "embeddings" in names else None
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise DataError(f"{file}: not a readable safetensors file ({err})") from err
+    if tensor is None:
+        raise DataError(f"{file}: no tensor named 'embeddings'")
+    return tensor
+
+
+def _split_hub_id(repo_id: str, subfolder: str | None) -> tuple[str, str]:
+    """``user/model/label_index`` → (``user/model``, ``label_index``); a plain ``user/model`` has no subfolder."""
+    parts = [p for p in repo_id.strip("/").split("/") if p]
+    if repo_id.startswith((".", "/", "~")) or len(parts) < 1 or any(p in (".", "..") for p in parts):
+        raise FileNotFoundError(f"{repo_id} is neither a LabelIndex folder nor a Hub repo id")
+    repo, inner = "/".join(parts[:2]), "/".join(parts[2:])
+    sub = "/".join(p for p in (inner, (subfolder or "").strip("/")) if p)
+    return repo, sub
+
+
+def _download(repo_id, subfolder, revision, token, repo_type, load_memory) -> Path:
+    """Download only the index's files (and its approximate index) from a Hub repo; returns the local folder."""
+    from huggingface_hub import snapshot_download
+
+    repo, sub = _split_hub_id(repo_id, subfolder)
+    prefix = f"{sub}/" if sub else ""
+    names = [EMBEDDINGS_FILE, CONFIG_FILE, LABELS_FILE, *([MEMORY_FILE] if load_memory else [])]
+    patterns = [prefix + name for name in names] + [f"{prefix}{APPROXIMATE_DIR}/*"]
+    try:
+        root = snapshot_download(repo, revision=revision, token=token, repo_type=repo_type, allow_patterns=patterns)
+    except Exception as err:
+        from huggingface_hub.errors import (
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        if isinstance(
+            err, (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+        ):
+            raise FileNotFoundError(
+                f"{repo_id} is neither a LabelIndex folder nor a Hub repo with one ({type(err).__name__})"
+            ) from err
+        raise
+    folder = Path(root) / sub if sub else Path(root)
+    if not (folder / CONFIG_FILE).is_file():
+        where = f"{repo}, folder {sub!r}" if sub else repo
+        raise FileNotFoundError(f"no LabelIndex in Hub repo {where}: {prefix}{CONFIG_FILE} is missing")
+    return folder

@@ -47,7 +47,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr
+from dexml_hf.encoding import encode_texts, resolve_normalize
+from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr, labels_for_device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -128,6 +129,7 @@ class RetrievalMemory:
         normalized: bool = True,
         dtype: str = "float32",
         tuning: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
     ):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -142,6 +144,33 @@ class RetrievalMemory:
         self.label_matrix = _binary_csr(label_matrix, self.embeddings.shape[0])
         self.set_params(lam, k, temperature)
         self.tuning = dict(tuning) if tuning else None
+        self.to(device if device is not None else "cpu")
+
+    def to(self, device: torch.device | str, memory_budget: int | None = None) -> RetrievalMemory:
+        """Search the neighbours on ``device`` (the embeddings stay on the CPU; a copy goes there when it fits half
+        of ``memory_budget``, default the device's free memory, else chunks are streamed). Returns ``self``."""
+        self.device = torch.device(device)
+        self.memory_budget = memory_budget
+        self._on_device = None
+        return self
+
+    def _embeddings_on_device(self) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return self.embeddings
+        if self._on_device is None or self._on_device[0] is not self.embeddings:
+            self._on_device = (self.embeddings, labels_for_device(self.embeddings, self.device, self.memory_budget))
+        return self._on_device[1]
+
+    def remap_labels(self, keep: np.ndarray, n_new: int = 0) -> RetrievalMemory:
+        """Keep the label columns ``keep`` (in that order) and append ``n_new`` empty ones: the memory follows
+        :meth:`LabelIndex.remove_labels` / ``add_labels``, so a removed label never comes back through the
+        neighbour term and a new one gets none (no training query has it)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        matrix = self.label_matrix[:, keep]
+        if n_new:
+            matrix = sp.hstack([matrix, sp.csr_matrix((len(self), int(n_new)), dtype=np.float32)], format="csr")
+        self.label_matrix = _binary_csr(matrix, len(self))
+        return self
 
     def set_params(self, lam: float | None = None, k: int | None = None, temperature: float | None = None) -> None:
         """Change ``λ``, ``k`` or ``T`` (validated)."""
@@ -180,8 +209,6 @@ class RetrievalMemory:
         **kwargs,
     ) -> RetrievalMemory:
         """Embed the memory queries with ``model`` (as queries: its query prompt, its normalisation)."""
-        from dexml_hf.index import encode_texts, resolve_normalize
-
         normalized = resolve_normalize(model, normalize)
         emb = encode_texts(model, texts, "query", batch_size, normalized, show_progress_bar)
         return cls(emb, label_matrix, normalized=normalized, **kwargs)
@@ -205,6 +232,7 @@ class RetrievalMemory:
             normalized=self.normalized,
             dtype=self.dtype,
             tuning=self.tuning,
+            device=self.device,
         )
 
     # ---- scoring --------------------------------------------------------------------------------------------
@@ -225,7 +253,15 @@ class RetrievalMemory:
         (e.g. a training query itself). Places left empty have row ``-1`` and similarity ``-inf``.
         """
         k = self.k if k is None else int(k)
-        sims, rows = chunked_topk(self._queries(query_embeddings), self.embeddings, min(k, len(self)), exclude=exclude)
+        budget = None if self.memory_budget is None else max(1, self.memory_budget // 2)
+        sims, rows = chunked_topk(
+            self._queries(query_embeddings),
+            self._embeddings_on_device(),
+            min(k, len(self)),
+            exclude=exclude,
+            device=self.device,
+            memory_budget=budget,
+        )
         return sims.numpy(), rows.numpy()
 
     def neighbour_term(self, sims: np.ndarray, rows: np.ndarray, k: int | None = None, temperature=None):
@@ -428,8 +464,7 @@ def search_with_memory(
         q1 = min(n, q0 + query_chunk)
         qc = q[q0:q1]
         ex = excluded[q0:q1] if excluded is not None else None
-        base = chunked_topk(qc, index.embeddings, k, exclude=ex)
-        base = (base[0].numpy(), base[1].numpy())
+        base = index._topk(qc, k, exclude=ex)
         if lam == 1.0:
             out_scores[q0:q1], out_ids[q0:q1] = base
             continue
@@ -589,8 +624,6 @@ def tune_retrieval(
         grid: ``{"lam": [...], "k": [...], "temperature": [...]}``, defaults from :data:`DEFAULT_GRID`.
         train_embeddings: the train queries' embeddings if already computed (skips encoding them).
     """
-    from dexml_hf.index import encode_texts
-
     if "test" == split:
         raise ValueError("tune_retrieval chooses λ, k and T on validation data; split='test' is not allowed")
     train_matrix = xmc.label_matrices["train"]

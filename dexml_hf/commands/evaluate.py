@@ -2,7 +2,8 @@
 
     dexml-hf evaluate --model quicktensor/dexml_eurlex-4k --dataset user/eurlex-4k --split test --output_dir eval/
 
-Writes ``<output-dir>/eval_<split>.json`` (metrics, per-bucket contributions, settings) and
+Writes ``<output-dir>/eval_<split>.json`` (metrics, per-bucket contributions, P@k / R@k / nDCG@k within the
+frequent (> 50 training documents), few-shot (1-50) and zero-shot (0) label groups, settings) and
 ``<output-dir>/eval_<split>.png`` (P@k and PSP@k contributed by head / torso / tail labels, bucketed by
 training frequency so each holds a third of the positive occurrences).
 """
@@ -103,7 +104,7 @@ def run_evaluate(
     """Evaluate and return the report dict; writes ``eval_<split>.json`` / ``.png`` into ``output_dir`` if given."""
     import numpy as np
 
-    from dexml_hf.evaluation import bucket_metrics, frequency_buckets
+    from dexml_hf.evaluation import bucket_metrics, frequency_buckets, label_group_metrics
     from dexml_hf.factory import build_evaluator
     from dexml_hf.index import resolve_normalize
 
@@ -138,6 +139,8 @@ def run_evaluate(
         "metrics": metrics,
         "buckets": buckets,
     }
+    if "train" in dataset.label_matrices:  # frequent (> 50 training docs) / few (1-50) / zero-shot (0) labels
+        report["label_groups"] = label_group_metrics(topk, evaluator.truth, freq, ks)
     memory = getattr(index, "memory", None)
     if memory is not None:
         report["retrieval"] = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
@@ -218,6 +221,12 @@ def main(argv: list[str]) -> int:
         print(f"retrieval-augmented ranking: lam={r['lam']}, k={r['k']}, temperature={r['temperature']}")
     print(f"{report['dataset']} / {args.split}: {report['num_queries']} queries, {report['num_labels']} labels")
     print(format_metrics_table(report["metrics"], every_metric=True))
+    for group, values in report.get("label_groups", {}).items():
+        at = [k for k in args.cutoffs if f"precision@{k}" in values]
+        shown = ", ".join(
+            f"P@{k} {100 * values[f'precision@{k}']:.2f} R@{k} {100 * values[f'recall@{k}']:.2f}" for k in at
+        )
+        print(f"{group} labels ({int(values['labels'])} labels, {int(values['queries'])} queries): {shown or '-'}")
     if args.output_dir:
         print(f"report: {Path(args.output_dir) / f'eval_{args.split}.json'}")
     return 0

@@ -10,11 +10,13 @@ import importlib
 from typing import Any
 
 from dexml_hf.evaluation.metrics import (
+    LABEL_GROUPS,
     PROPENSITY_PRESETS,
     bucket_metrics,
     frequency_buckets,
     hits_matrix,
     inv_propensity,
+    label_group_metrics,
     mrr_at_k,
     ndcg_at_k,
     precision_at_k,
@@ -31,6 +33,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "LABEL_GROUPS",
     "PROPENSITY_PRESETS",
     "XMCEvaluator",
     "bucket_metrics",
@@ -38,6 +41,7 @@ __all__ = [
     "frequency_buckets",
     "hits_matrix",
     "inv_propensity",
+    "label_group_metrics",
     "mrr_at_k",
     "ndcg_at_k",
     "precision_at_k",

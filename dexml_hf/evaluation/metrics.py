@@ -330,3 +330,48 @@ def bucket_metrics(
                 row[f"psp@{k}"] = _psp(in_bucket, topk, best, weights, k)
         out[name] = row
     return out
+
+
+#: the LMTC label groups (Chalkidis et al.): more than ``few_max`` training documents, 1 to ``few_max``, none
+LABEL_GROUPS = ("frequent", "few", "zero")
+
+
+def label_group_metrics(
+    topk: np.ndarray,
+    truth,
+    train_frequencies: np.ndarray,
+    ks: Iterable[int] = (1, 3, 5),
+    few_max: int = 50,
+) -> dict[str, dict[str, float]]:
+    """P@k, R@k and nDCG@k within each label group (``frequent``: > ``few_max`` training documents, ``few``:
+    1 to ``few_max``, ``zero``: none), as the LMTC literature reports them: the ranking is cut to the group's labels
+    (order kept), the truth to its columns, and only queries with a true label in the group count.
+
+    ``topk`` is the ranked list the search returned, so a group's ranking is its labels within that depth (a
+    label ranked below it counts as missed). Each group also gives its number of ``labels`` and ``queries``."""
+    ks = sorted({_check_k(k) for k in ks})
+    topk, truth = _check_inputs(topk, truth)
+    freq = np.asarray(train_frequencies).ravel()
+    if freq.shape[0] != truth.shape[1]:
+        raise ValueError(f"train_frequencies has {freq.shape[0]} entries for {truth.shape[1]} labels")
+    members = {"frequent": freq > few_max, "few": (freq >= 1) & (freq <= few_max), "zero": freq == 0}
+    out: dict[str, dict[str, float]] = {}
+    for name in LABEL_GROUPS:
+        cols = np.flatnonzero(members[name])
+        sub_truth = truth[:, cols].tocsr()
+        rows = np.flatnonzero(np.diff(sub_truth.indptr) > 0)
+        group: dict[str, float] = {"labels": float(len(cols)), "queries": float(len(rows))}
+        if len(rows):
+            remap = np.full(truth.shape[1], -1, dtype=np.int64)
+            remap[cols] = np.arange(len(cols))
+            ranked = np.where(topk >= 0, remap[np.maximum(topk, 0)], -1)[rows]
+            order = np.argsort(ranked < 0, axis=1, kind="stable")  # the group's labels first, in rank order
+            ranked = np.take_along_axis(ranked, order, axis=1)
+            hits = _hits(ranked, sub_truth[rows])
+            n_true = np.diff(sub_truth[rows].indptr)
+            for k in ks:
+                group[f"precision@{k}"] = _precision(hits, k)
+                group[f"recall@{k}"] = _recall(hits, n_true, k)
+                group[f"ndcg@{k}"] = _ndcg(hits, n_true, k)
+        out[name] = group
+    return out

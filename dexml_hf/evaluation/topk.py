@@ -11,6 +11,7 @@ unspecified, so only its scores, not its ids, are comparable when ties exist).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -19,7 +20,14 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["available_memory_bytes", "chunked_topk", "default_chunk_sizes", "exclude_to_csr"]
+__all__ = [
+    "available_memory_bytes",
+    "chunked_topk",
+    "default_chunk_sizes",
+    "exact_fp32",
+    "exclude_to_csr",
+    "labels_for_device",
+]
 
 _BYTES_PER_SCORE = 4
 # The score block takes at most this share of free memory, and never more than _MAX_BLOCK_BYTES.
@@ -50,9 +58,21 @@ def available_memory_bytes(device: torch.device | str | None = None) -> int:
 
 
 def default_chunk_sizes(
-    n_queries: int, n_labels: int, k: int, device: torch.device | str | None = None
+    n_queries: int,
+    n_labels: int,
+    k: int,
+    device: torch.device | str | None = None,
+    memory_budget: int | None = None,
 ) -> tuple[int, int]:
-    """``(query_chunk, label_chunk)`` so one fp32 score block fits a small share of free memory."""
+    """``(query_chunk, label_chunk)`` so one fp32 score block fits a small share of free memory on ``device``, or
+    ``memory_budget`` bytes when given (then taken as is: a tiny budget gives tiny blocks, never a wrong answer)."""
+    if memory_budget is not None:
+        budget = max(int(memory_budget), _BYTES_PER_SCORE)
+        query_chunk = max(1, min(n_queries, 4096, budget // (_BYTES_PER_SCORE * min(n_labels, _GROUP))))
+        label_chunk = max(1, min(n_labels, budget // (query_chunk * _BYTES_PER_SCORE)))
+        if _GROUP <= label_chunk < n_labels:
+            label_chunk = label_chunk // _GROUP * _GROUP
+        return query_chunk, label_chunk
     budget = int(available_memory_bytes(device) * _MEMORY_SHARE)
     budget = max(_MIN_BLOCK_BYTES, min(_MAX_BLOCK_BYTES, budget))
     query_chunk = max(1, min(n_queries, 4096))
@@ -61,6 +81,32 @@ def default_chunk_sizes(
     if label_chunk < n_labels:
         label_chunk = max(_GROUP, label_chunk // _GROUP * _GROUP)  # whole groups, no padding per block
     return query_chunk, label_chunk
+
+
+def labels_for_device(labels: torch.Tensor, device: torch.device | str, memory_budget: int | None = None):
+    """``labels`` as :func:`chunked_topk` should get them for a search on ``device``: moved there whole when they
+    fit half of ``memory_budget`` (default: of the device's free memory), else left where they are, to be moved one
+    chunk at a time. On the CPU, the tensor itself."""
+    device = torch.device(device)
+    if labels.device == device or device.type == "cpu":
+        return labels
+    budget = memory_budget if memory_budget is not None else available_memory_bytes(device)
+    nbytes = labels.numel() * labels.element_size()
+    return labels.to(device) if nbytes <= budget // 2 else labels
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device):
+    """fp32 matmuls in IEEE precision on CUDA (no TF32), so GPU scores match the CPU's to fp32 rounding."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def exclude_to_csr(exclude, n_queries: int, n_labels: int) -> sp.csr_matrix | None:
@@ -178,6 +224,7 @@ def chunked_topk(
     label_chunk: int | None = None,
     device: torch.device | str | None = None,
     show_progress_bar: bool = False,
+    memory_budget: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` labels by inner product for every query.
 
@@ -188,7 +235,9 @@ def chunked_topk(
         exclude: ``(query_row, label_id)`` pairs (``(m, 2)`` array) or an ``n × L`` sparse matrix of pairs
             removed before the top-k is taken (reciprocal-pair filters).
         query_chunk, label_chunk: block sizes; default from free memory (:func:`default_chunk_sizes`).
-        device: where to compute; defaults to the labels' device.
+        device: where to compute; defaults to the labels' device. Labels on another device (CPU) are moved there
+            one label chunk at a time, so a label set larger than the GPU's memory is still searched on it.
+        memory_budget: bytes one score block may take (instead of a share of free memory).
 
     Returns:
         ``(scores, ids)``, both ``(n, k)`` on CPU: fp32 scores descending, int64 label ids, ties by lower id.
@@ -205,7 +254,7 @@ def chunked_topk(
         raise ValueError("cannot search an empty label set")
     k = min(k, n_labels)
     device = torch.device(device) if device is not None else labels.device
-    auto_q, auto_l = default_chunk_sizes(n, n_labels, k, device)
+    auto_q, auto_l = default_chunk_sizes(n, n_labels, k, device, memory_budget)
     query_chunk = max(1, int(query_chunk or auto_q))
     label_chunk = max(1, int(label_chunk or auto_l))
     excluded = exclude_to_csr(exclude, n, n_labels)
@@ -214,6 +263,17 @@ def chunked_topk(
     out_ids = torch.empty((n, k), dtype=torch.int64)
     n_blocks = -(-n // query_chunk) * -(-n_labels // label_chunk)
     progress = tqdm(total=n_blocks, desc="Top-k search", disable=not show_progress_bar, leave=False)
+    with exact_fp32(device):
+        _search_blocks(queries, labels, k, excluded, query_chunk, label_chunk, device, out_scores, out_ids, progress)
+    progress.close()
+    if torch.isnan(out_scores).any():
+        warnings.warn("top-k search met NaN scores; check the embeddings", stacklevel=2)
+    return out_scores, out_ids
+
+
+def _search_blocks(queries, labels, k, excluded, query_chunk, label_chunk, device, out_scores, out_ids, progress):
+    """The block loop of :func:`chunked_topk`: fills ``out_scores`` / ``out_ids`` (CPU) one query chunk at a time."""
+    n, n_labels = queries.shape[0], labels.shape[0]
     buffer = None  # reused score block: a fresh 100s-of-MiB tensor per block costs page faults
     for q0 in range(0, n, query_chunk):
         q1 = min(n, q0 + query_chunk)
@@ -244,7 +304,3 @@ def chunked_topk(
         best_ids = torch.where(torch.isneginf(best_vals), torch.full_like(best_ids, -1), best_ids)
         out_scores[q0:q1] = best_vals.cpu()
         out_ids[q0:q1] = best_ids.cpu()
-    progress.close()
-    if torch.isnan(out_scores).any():
-        warnings.warn("top-k search met NaN scores; check the embeddings", stacklevel=2)
-    return out_scores, out_ids

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -55,7 +56,9 @@ def test_save_load_same_predictions_fp32_and_fp16(tiny_model, tmp_path):
         index = LabelIndex.from_texts(tiny_model, LABELS, dtype=dtype)
         index.save(tmp_path / dtype)
         meta = json.loads((tmp_path / dtype / "label_index.json").read_text())
-        assert meta["dtype"] == dtype and meta["texts"] == LABELS and meta["normalized"] is True
+        assert meta["dtype"] == dtype and meta["normalized"] is True and "texts" not in meta
+        table = pa.ipc.open_file(tmp_path / dtype / "labels.feather").read_all()  # texts live in Arrow now
+        assert table.column("text").to_pylist() == LABELS and table.column_names == ["text"]
         loaded = LabelIndex.load(tmp_path / dtype)
         assert loaded.embeddings.dtype == index.embeddings.dtype
         torch.testing.assert_close(loaded.embeddings, index.embeddings, rtol=0, atol=0)

@@ -196,7 +196,7 @@ def test_save_load_push_load_identical_predictions(tiny_model, tmp_path, hub_rep
 
     index.save(tmp_path / "idx")
     meta = json.loads((tmp_path / "idx" / "label_index.json").read_text())
-    assert meta["format_version"] == 2 and meta["memory"]["lam"] == 0.7 and meta["memory"]["k"] == 3
+    assert meta["format_version"] == 3 and meta["memory"]["lam"] == 0.7 and meta["memory"]["k"] == 3
     assert meta["memory"]["tuning"]["split"] == "validation" and meta["memory"]["dtype"] == dtype
     assert (tmp_path / "idx" / "memory.safetensors").is_file()
     loaded = LabelIndex.load(tmp_path / "idx")
@@ -225,9 +225,9 @@ def test_format_errors_are_clear(tiny_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="declares a retrieval memory"):
         LabelIndex.load(tmp_path / "idx")
     meta = json.loads((tmp_path / "idx" / "label_index.json").read_text())
-    meta["format_version"] = 3
+    meta["format_version"] = 4
     (tmp_path / "idx" / "label_index.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="format_version 3 is not one this dexml_hf reads"):
+    with pytest.raises(ValueError, match="format_version 4 is not one this dexml_hf reads"):
         LabelIndex.load(tmp_path / "idx")
     # a version-1 folder (no memory entry) still loads; saving without a memory removes a stale memory file
     plain = LabelIndex.from_texts(tiny_model, LABEL_TEXTS)
