@@ -57,7 +57,7 @@ class IndexArguments:
 
 
 def build_parser():
-    from dexml_hf.config import DEXMLArgumentParser
+    from dexml_hf.script_args import DEXMLArgumentParser
 
     parser = DEXMLArgumentParser([IndexArguments], prog="dexml-hf index", description=__doc__)
     parser.add_argument("action", choices=ACTIONS, help="build, add, update or remove")
