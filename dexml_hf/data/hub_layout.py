@@ -255,6 +255,15 @@ def validate_folder(folder: str | os.PathLike) -> dict:
     return meta
 
 
+def _local_cache_dir(folder: str) -> str:
+    """A datasets cache of its own for each local folder: datasets keys a local folder's cache by its base name and
+    the files' mtimes only, so two folders of the same name written in the same second would share one cache."""
+    import hashlib
+
+    key = hashlib.sha256(str(Path(folder).resolve()).encode("utf-8")).hexdigest()[:16]
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "dexml_hf_local" / key)
+
+
 def _load(source: str, config: str | None, local: bool, common: dict):
     """``datasets.load_dataset`` with a missing repo named (a wrong id is a user error, not a traceback)."""
     try:
@@ -323,6 +332,8 @@ def load_hub_dataset(
     local = Path(source).is_dir()
     meta = validate_folder(source) if local else _read_metadata(source, revision, token)
     columns = {**(columns or {})}
+    if local and cache_dir is None:
+        cache_dir = _local_cache_dir(source)
     common = dict(revision=revision, cache_dir=cache_dir, token=token, **(load_kwargs or {}))
 
     loaded = _load(source, queries_config, local, common)

@@ -106,6 +106,17 @@ def test_round_trip_hub_folder(tmp_path):
     assert_same(ds, back)
 
 
+def test_same_named_local_folders_are_not_confused(tmp_path, monkeypatch):
+    # datasets keys a local folder's cache by base name + mtimes: two folders "ds" written in one second collided
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    small, large = make_dataset(seed=3, n_labels=12), make_dataset(seed=4, n_labels=40)
+    small.save_to_folder(tmp_path / "a" / "ds")
+    large.save_to_folder(tmp_path / "b" / "ds")
+    assert_same(small, load_xmc_dataset(tmp_path / "a" / "ds"))
+    assert_same(large, load_xmc_dataset(tmp_path / "b" / "ds"))
+
+
 def test_round_trip_csv(tmp_path):
     ds = make_dataset(seed=3, relevance=False, tag_names=True, filters=False, sizes=(("train", 30), ("test", 10)))
     # csv keeps only tags that occur: drop the label never used anywhere, if any, from the expectation
