@@ -121,13 +121,13 @@ def _join_nonempty(first: pa.Array, second: pa.Array, sep: str) -> pa.Array:
     return pc.if_else(pc.equal(pc.utf8_length(first), 0), second, out)
 
 
-def training_rows(
+def training_table(
     query_text: pa.Array,
     label_text: pa.Array,
     query_ids: np.ndarray,
     label_ids: np.ndarray,
     negatives: np.ndarray | None = None,
-) -> datasets.Dataset:
+) -> pa.Table:
     """Rows ``query, positive[, negative_1..m], label=[query_id, label_id, ...]``, one per ``(query_ids[i],
     label_ids[i][, negatives[i]])``, the texts taken from the query / label text arrays (Arrow ``take``)."""
     columns = {"query": query_text.take(pa.array(query_ids)), "positive": label_text.take(pa.array(label_ids))}
@@ -140,13 +140,18 @@ def training_rows(
     width = len(id_columns)
     offsets = pa.array(np.arange(0, len(ids) + 1, width, dtype=np.int32))
     columns["label"] = pa.ListArray.from_arrays(offsets, pa.array(ids, type=pa.int64()))
+    return pa.table(columns)
+
+
+def training_dataset(table: pa.Table) -> datasets.Dataset:
+    """A :func:`training_table` as a ``datasets.Dataset`` (string columns, ``label`` a list of int64)."""
     features = datasets.Features(
         {
-            **{k: datasets.Value("string") for k in columns if k != "label"},
+            **{k: datasets.Value("string") for k in table.column_names if k != "label"},
             "label": datasets.List(datasets.Value("int64")),
         }
     )
-    return datasets.Dataset(pa.table(columns), info=datasets.DatasetInfo(features=features))
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
 
 
 @dataclass
@@ -378,13 +383,8 @@ class XMCDataset:
         query_ids, label_ids = self.sample_positives(split, epoch, seed, sampling)
         if negatives is not None:
             negatives = self.check_negatives(negatives, split)[query_ids]
-        return training_rows(
-            self.query_text_array(split, query_text, max_chars),
-            self.label_text_array(label_text),
-            query_ids,
-            label_ids,
-            negatives,
-        )
+        texts = self.query_text_array(split, query_text, max_chars), self.label_text_array(label_text)
+        return training_dataset(training_table(*texts, query_ids, label_ids, negatives))
 
     def check_negatives(self, negatives: np.ndarray, split: str = "train") -> np.ndarray:
         """``negatives`` as int64 ``(num_queries(split), m)`` label ids, or a ValueError naming what is wrong."""

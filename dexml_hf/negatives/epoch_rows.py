@@ -185,9 +185,9 @@ class EpochRows:
         return self.store / f"negatives-p{self.process_index}-e{int(epoch)}.safetensors"
 
     # ------------------------------------------------------------------ rows
-    def view(self, epoch: int, rows=None, required: bool = True) -> datasets.Dataset:
-        """The epoch's rows (all columns), or only the rows numbered ``rows``."""
-        from dexml_hf.data.dataset import training_rows
+    def table(self, epoch: int, rows=None, required: bool = True):
+        """The epoch's rows (all columns) as an Arrow table, or only the rows numbered ``rows``."""
+        from dexml_hf.data.dataset import training_table
 
         if self._texts is None:
             self._texts = (
@@ -200,11 +200,17 @@ class EpochRows:
             query_ids, label_ids = query_ids[rows], label_ids[rows]
         negatives = self.negatives(epoch, required=required)
         picked = negatives[query_ids] if negatives is not None else None
-        return training_rows(*self._texts, query_ids, label_ids, picked)
+        return training_table(*self._texts, query_ids, label_ids, picked)
+
+    def view(self, epoch: int, required: bool = True) -> datasets.Dataset:
+        """All rows of ``epoch`` (what ``XMCDataset.training_view`` gives for the same settings and negatives)."""
+        from dexml_hf.data.dataset import training_dataset
+
+        return training_dataset(self.table(epoch, required=required))
 
     def batch(self, epoch: int, rows, required: bool = True) -> dict[str, list]:
         """The DataLoader columns of the rows numbered ``rows`` in ``epoch``."""
-        columns = self.view(epoch, rows, required=required).data.to_pydict()
+        columns = self.table(epoch, rows, required=required).to_pydict()
         if self.columns is not None:
             columns = {name: columns[name] for name in self.columns}
         return columns
