@@ -66,3 +66,50 @@ def test_workers_see_the_rows_of_the_run_without_workers(no_dropout_path, tmp_pa
         width = 3 if epoch >= start else 2  # [query, positive, negative] once hard negatives start
         assert {len(row) for batch in expected[epoch] for row in batch} == {width}
     assert got == expected
+
+
+def _epoch_rows(xmc, **kw):
+    from dexml_hf.negatives.epoch_rows import EpochRows
+
+    return EpochRows(xmc, seed=3, sampling="uniform", query_text="title", label_text="title", **kw)
+
+
+def test_epoch_rows_equal_the_dataset_view_in_a_process_without_the_trainer_state(tmp_path):
+    """What a worker builds from the keys and the negatives file is ``XMCDataset.training_view`` of that epoch."""
+    import copy
+
+    from dexml_hf.negatives.epoch_rows import EpochRowsDataset, epoch_keys
+
+    xmc = make_xmc(num_train=16)
+    store = tmp_path / "out" / "_dexml_epoch_rows"
+    main = _epoch_rows(xmc, negatives_from_epoch=1, store=store)
+    dataset = EpochRowsDataset.create(main)
+    n = len(dataset)
+    negatives = np.random.default_rng(0).integers(0, xmc.num_labels, size=(16, 2))
+    main.set_negatives(1, negatives)
+    assert [p.name for p in store.iterdir()] == ["negatives-p0-e1.safetensors"]
+    worker = copy.deepcopy(dataset)  # a forked/pickled copy: the caches are dropped with the pickling state
+    worker.rows._clear_caches()
+    for epoch, expected_negatives in ((0, None), (1, negatives)):
+        rows = [5, 0, 11]
+        expected = xmc.training_view(epoch=epoch, seed=3, negatives=expected_negatives)[rows]
+        got = worker.__getitems__(epoch_keys(epoch, rows, n))
+        assert got == [{k: expected[k][i] for k in expected} for i in range(len(rows))]
+    assert worker.rows._negatives[0] == 1  # read from the file, not inherited
+    main.set_negatives(2, negatives[::-1])  # the previous epoch's file goes
+    assert [p.name for p in store.iterdir()] == ["negatives-p0-e2.safetensors"]
+    main.close()
+    assert not store.exists()
+
+
+def test_epoch_rows_refuse_bare_rows_and_missing_negatives(tmp_path):
+    from dexml_hf.errors import UsageError
+    from dexml_hf.negatives.epoch_rows import EpochRowsDataset, epoch_keys
+
+    xmc = make_xmc(num_train=16)
+    dataset = EpochRowsDataset.create(_epoch_rows(xmc, negatives_from_epoch=0, store=tmp_path / "rows"))
+    with pytest.raises(UsageError, match="bare row numbers"):
+        dataset.__getitems__([0, 1])
+    with pytest.raises(UsageError, match="no hard negatives for epoch 0"):
+        dataset.__getitems__(epoch_keys(0, [0, 1], len(dataset)))
+    assert "negative_1" not in dataset[0]  # plain indexing shows epoch 0 as far as it exists
