@@ -20,7 +20,7 @@ class _RowSpy(DEXMLTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-def _run(model, tmp_path, workers: int, persistent: bool, **kw) -> dict[int, list]:
+def _run(model, tmp_path, workers: int, persistent: bool, resume=None, **kw) -> dict[int, list]:
     args = _args(
         tmp_path / f"w{workers}{persistent}",
         negatives="hard",
@@ -36,7 +36,7 @@ def _run(model, tmp_path, workers: int, persistent: bool, **kw) -> dict[int, lis
     )
     trainer = _RowSpy(model=model, args=args, train_dataset=make_xmc(num_train=16))
     trainer.seen = {}
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     assert not (tmp_path / f"w{workers}{persistent}" / "out" / "_dexml_epoch_rows").exists()  # removed after training
     return trainer.seen
 
@@ -66,6 +66,26 @@ def test_workers_see_the_rows_of_the_run_without_workers(no_dropout_path, tmp_pa
         width = 3 if epoch >= start else 2  # [query, positive, negative] once hard negatives start
         assert {len(row) for batch in expected[epoch] for row in batch} == {width}
     assert got == expected
+
+
+def test_a_run_resumed_with_persistent_workers_sees_the_rows_it_would_have_seen(no_dropout_path, tmp_path):
+    """Killed after step 3 (mid epoch 1, after its mining) and resumed with persistent workers: step 4 and the final
+    weights are those of the run without workers."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    def model():
+        return SentenceTransformer(str(no_dropout_path), device="cpu")
+
+    reference = model()
+    expected = _run(reference, tmp_path, 0, False)
+    _run(model(), tmp_path, 2, True, save_strategy="steps", save_steps=3)
+    resumed = model()
+    checkpoint = tmp_path / "w2True" / "out" / "checkpoint-3"
+    got = _run(resumed, tmp_path, 2, True, resume=str(checkpoint), save_strategy="steps", save_steps=3)
+    assert got == {1: expected[1][1:]}  # the one step left: the second batch of epoch 1
+    for (name, a), (_, b) in zip(resumed.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
 def _epoch_rows(xmc, **kw):
