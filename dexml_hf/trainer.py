@@ -1,7 +1,9 @@
 """DEXMLTrainer: the sentence-transformers Trainer with DEXML's negatives strategies, through its hooks only.
 
-- ``get_train_dataset`` view: the Trainer sees a fixed-length table of row numbers whose transform reads the
-  current epoch's training view (a fresh, seeded positive draw per epoch, plus mined hard negatives);
+- the training rows: the Trainer sees a fixed-length table of row numbers
+  (:class:`~dexml_hf.negatives.epoch_rows.EpochRowsDataset`) whose DataLoader keys carry the epoch, so the rows
+  (a fresh, seeded positive draw per epoch, plus the epoch's mined hard negatives) are built right in any
+  DataLoader worker, persistent or not;
 - ``get_batch_sampler``: :class:`~dexml_hf.negatives.sampler.NoDuplicateLabelsBatchSampler`, a pure function of
   ``(seed, epoch)`` so a resumed run replays the same order;
 - ``compute_loss``: in-batch / hard go through the loss; 'all' through the two-pass all-label loss; 'all_cached'
@@ -40,6 +42,7 @@ from dexml_hf.losses.base import XMCLoss
 from dexml_hf.model_card import DEXMLModelCardCallback, DEXMLModelCardData
 from dexml_hf.model_options import prompt_for, training_prompts, training_text_columns, validate_for_training
 from dexml_hf.negatives.all_labels import AllLabelsLoss
+from dexml_hf.negatives.epoch_rows import ROWS_FOLDER, EpochKeysBatchSampler, EpochRows, EpochRowsDataset
 from dexml_hf.negatives.hard_negatives import mine_shortlists, sample_from_shortlists
 from dexml_hf.negatives.label_cache import LabelEmbeddingCache
 from dexml_hf.negatives.sampler import NoDuplicateLabelsBatchSampler
@@ -62,6 +65,10 @@ class _EpochState(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.trainer._begin_epoch(int(math.floor(state.epoch + 1e-6)))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.trainer._rows is not None:
+            self.trainer._rows.close()  # the per-epoch negatives files handed to the DataLoader workers
 
 
 class _TestEvaluation(TrainerCallback):
@@ -180,9 +187,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         self.epoch = 0
         self._shortlists: np.ndarray | None = None
         self._shortlist_epoch: int | None = None
-        self._negatives: np.ndarray | None = None
-        self._view_epoch: int | None = None
-        self._view: datasets.Dataset | None = None
+        self._rows: EpochRows | None = None
         self._cache: LabelEmbeddingCache | None = None
         self._label_texts: list[str] | None = None
         self.test_metrics: dict[str, float] | None = None
@@ -195,10 +200,18 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             self.train_matrix = self.xmc.label_matrices["train"]
             self._label_texts = self.xmc.label_texts(args.label_text_mode)
             self._query_texts = self.xmc.query_texts("train", args.query_text_mode)
-            self._query_ids, _ = self.xmc.sample_positives("train", 0, args.seed, args.positive_sampling)
-            rows = datasets.Dataset.from_dict({"row": np.arange(len(self._query_ids))})
-            rows.set_transform(self._rows_transform)
-            train_dataset = rows
+            self._rows = EpochRows(
+                self.xmc,
+                seed=args.seed,
+                sampling=args.positive_sampling,
+                query_text=args.query_text_mode,
+                label_text=args.label_text_mode,
+                negatives_from_epoch=args.hard_negatives_start_epoch if args.negatives == "hard" else None,
+                columns=("query", "label") if args.negatives == "all" else None,  # 'all' embeds label chunks itself
+                store=Path(args.output_dir) / ROWS_FOLDER if args.dataloader_num_workers > 0 else None,
+                process_index=args.process_index,
+            )
+            train_dataset = EpochRowsDataset.create(self._rows)
         else:
             if args.negatives != "in_batch":
                 raise UsageError(
@@ -429,37 +442,20 @@ class DEXMLTrainer(SentenceTransformerTrainer):
                     batch_size=args.encode_batch_size,
                     label_chunk_size=args.label_chunk_size,
                     use_faiss=args.use_faiss,
+                    process_index=args.process_index,
+                    num_processes=args.world_size,
                 )
                 self._shortlist_epoch = epoch
         rng = np.random.default_rng([args.seed, epoch, 11])
-        self._negatives = sample_from_shortlists(self._shortlists, args.num_hard_negatives, self.xmc.num_labels, rng)
-        self._view_epoch = None  # the view must pick up the new negatives
+        negatives = sample_from_shortlists(self._shortlists, args.num_hard_negatives, self.xmc.num_labels, rng)
+        self._rows.set_negatives(epoch, negatives)  # before the epoch's DataLoader iterator (and its workers) starts
 
     def training_view(self, epoch: int) -> datasets.Dataset:
-        """The rows of ``epoch``: a new seeded positive per query, hard-negative columns when mined."""
-        if self._view_epoch != epoch:
-            args = self.args
-            use_negatives = args.negatives == "hard" and epoch >= args.hard_negatives_start_epoch
-            self._view = self.xmc.training_view(
-                epoch=epoch,
-                seed=args.seed,
-                sampling=args.positive_sampling,
-                query_text=args.query_text_mode,
-                label_text=args.label_text_mode,
-                negatives=self._negatives if use_negatives else None,
-            )
-            self._view_epoch = epoch
-        return self._view
-
-    def _rows_transform(self, batch: dict[str, list]) -> dict[str, list]:
-        rows = self.training_view(self.epoch)[list(batch["row"])]
-        if self.args.negatives == "all":  # the engine embeds only the queries; label texts come in chunks
-            return {"query": rows["query"], "label": rows["label"]}
-        return rows
+        """The rows of ``epoch``: a new seeded positive per query, hard-negative columns once mined for it."""
+        return self._rows.view(epoch, required=False)
 
     def _positive_ids(self, epoch: int) -> np.ndarray:
-        _, label_ids = self.xmc.sample_positives("train", epoch, self.args.seed, self.args.positive_sampling)
-        return label_ids
+        return self._rows.positives(epoch)[1]
 
     def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         """Seeded per-epoch order; with an XMCDataset, no sampled positive label twice in a batch (if asked)."""
@@ -470,7 +466,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
                     dataset, batch_size, drop_last, valid_label_columns, generator=generator, seed=seed
                 )
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
-        return NoDuplicateLabelsBatchSampler(
+        rows = NoDuplicateLabelsBatchSampler(
             dataset,
             batch_size=batch_size,
             drop_last=drop_last,
@@ -479,6 +475,8 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             avoid_duplicates=self.args.avoid_duplicate_labels_in_batch,
             seed=seed,
         )
+        # the keys carry the epoch, so DataLoader workers (persistent or not) build that epoch's rows
+        return EpochKeysBatchSampler(rows, len(dataset), epoch_of=lambda: self.epoch)
 
     # ------------------------------------------------------------------ losses per mode
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

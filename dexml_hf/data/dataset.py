@@ -121,6 +121,39 @@ def _join_nonempty(first: pa.Array, second: pa.Array, sep: str) -> pa.Array:
     return pc.if_else(pc.equal(pc.utf8_length(first), 0), second, out)
 
 
+def training_table(
+    query_text: pa.Array,
+    label_text: pa.Array,
+    query_ids: np.ndarray,
+    label_ids: np.ndarray,
+    negatives: np.ndarray | None = None,
+) -> pa.Table:
+    """Rows ``query, positive[, negative_1..m], label=[query_id, label_id, ...]``, one per ``(query_ids[i],
+    label_ids[i][, negatives[i]])``, the texts taken from the query / label text arrays (Arrow ``take``)."""
+    columns = {"query": query_text.take(pa.array(query_ids)), "positive": label_text.take(pa.array(label_ids))}
+    id_columns = [np.asarray(query_ids, dtype=np.int64), np.asarray(label_ids, dtype=np.int64)]
+    if negatives is not None:
+        for j in range(negatives.shape[1]):
+            columns[f"negative_{j + 1}"] = label_text.take(pa.array(negatives[:, j]))
+            id_columns.append(negatives[:, j].astype(np.int64))
+    ids = np.stack(id_columns, axis=1).reshape(-1)
+    width = len(id_columns)
+    offsets = pa.array(np.arange(0, len(ids) + 1, width, dtype=np.int32))
+    columns["label"] = pa.ListArray.from_arrays(offsets, pa.array(ids, type=pa.int64()))
+    return pa.table(columns)
+
+
+def training_dataset(table: pa.Table) -> datasets.Dataset:
+    """A :func:`training_table` as a ``datasets.Dataset`` (string columns, ``label`` a list of int64)."""
+    features = datasets.Features(
+        {
+            **{k: datasets.Value("string") for k in table.column_names if k != "label"},
+            "label": datasets.List(datasets.Value("int64")),
+        }
+    )
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+
+
 @dataclass
 class _SplitSummary:
     queries: int
@@ -348,34 +381,19 @@ class XMCDataset:
         ``(num_queries, m)`` of label ids indexed by query id) adds ``m`` hard-negative columns.
         """
         query_ids, label_ids = self.sample_positives(split, epoch, seed, sampling)
-        q_text = self.query_text_array(split, query_text, max_chars)
-        l_text = self.label_text_array(label_text)
-        columns = {
-            "query": q_text.take(pa.array(query_ids)),
-            "positive": l_text.take(pa.array(label_ids)),
-        }
-        id_columns = [query_ids, label_ids]
         if negatives is not None:
-            negatives = np.asarray(negatives, dtype=np.int64)
-            if negatives.ndim != 2 or negatives.shape[0] != self.num_queries(split):
-                raise ValueError(f"negatives must have shape ({self.num_queries(split)}, m), got {negatives.shape}")
-            if negatives.size and (negatives.min() < 0 or negatives.max() >= self.num_labels):
-                raise ValueError("negatives contain label ids out of range")
-            picked = negatives[query_ids]
-            for j in range(picked.shape[1]):
-                columns[f"negative_{j + 1}"] = l_text.take(pa.array(picked[:, j]))
-                id_columns.append(picked[:, j])
-        ids = np.stack(id_columns, axis=1).reshape(-1)
-        width = len(id_columns)
-        offsets = pa.array(np.arange(0, len(ids) + 1, width, dtype=np.int32))
-        columns["label"] = pa.ListArray.from_arrays(offsets, pa.array(ids, type=pa.int64()))
-        features = datasets.Features(
-            {
-                **{k: datasets.Value("string") for k in columns if k != "label"},
-                "label": datasets.List(datasets.Value("int64")),
-            }
-        )
-        return datasets.Dataset(pa.table(columns), info=datasets.DatasetInfo(features=features))
+            negatives = self.check_negatives(negatives, split)[query_ids]
+        texts = self.query_text_array(split, query_text, max_chars), self.label_text_array(label_text)
+        return training_dataset(training_table(*texts, query_ids, label_ids, negatives))
+
+    def check_negatives(self, negatives: np.ndarray, split: str = "train") -> np.ndarray:
+        """``negatives`` as int64 ``(num_queries(split), m)`` label ids, or a ValueError naming what is wrong."""
+        negatives = np.asarray(negatives, dtype=np.int64)
+        if negatives.ndim != 2 or negatives.shape[0] != self.num_queries(split):
+            raise ValueError(f"negatives must have shape ({self.num_queries(split)}, m), got {negatives.shape}")
+        if negatives.size and (negatives.min() < 0 or negatives.max() >= self.num_labels):
+            raise ValueError("negatives contain label ids out of range")
+        return negatives
 
     def head(self, split: str, n: int | None) -> XMCDataset:
         """A dataset whose ``split`` keeps only its first ``n`` queries (label-matrix rows and filter pairs cut alike).

@@ -1,7 +1,8 @@
 """Hard-negative mining: each query's top labels under the current encoder, minus its positives.
 
 Exact search by default (chunked, via :class:`~dexml_hf.index.LabelIndex`); faiss ``IndexFlatIP`` when asked. Both
-are exact; faiss is only faster on large label sets.
+are exact; faiss is only faster on large label sets. Under DDP the queries are sharded over the ranks and the
+shortlists gathered, so each rank mines 1/world of the training set.
 """
 
 from __future__ import annotations
@@ -24,8 +25,15 @@ def mine_shortlists(
     label_chunk_size: int = 4096,
     use_faiss: bool = False,
     show_progress_bar: bool = False,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> np.ndarray:
-    """(n_queries, shortlist_size) label ids, best first, positives excluded; ``-1`` where fewer labels remain."""
+    """(n_queries, shortlist_size) label ids, best first, positives excluded; ``-1`` where fewer labels remain.
+
+    With ``num_processes > 1`` (an initialised ``torch.distributed`` group, every rank calling) each rank embeds and
+    searches its contiguous block of the queries, and the blocks are gathered (int64 tensors, no pickle): every rank
+    returns the same full array. The labels are embedded on every rank.
+    """
     from dexml_hf.index import LabelIndex
 
     if label_matrix.shape != (len(query_texts), len(label_texts)):
@@ -33,6 +41,9 @@ def mine_shortlists(
             f"label matrix shape {label_matrix.shape} does not match {len(query_texts)} queries x "
             f"{len(label_texts)} labels"
         )
+    n = len(query_texts)
+    block = -(-n // num_processes)  # ceil: equal blocks, the last ones short (or empty)
+    lo, hi = min(n, process_index * block), min(n, (process_index + 1) * block)
     was_training = model.training
     try:
         index = LabelIndex.from_texts(
@@ -43,13 +54,34 @@ def mine_shortlists(
             show_progress_bar=show_progress_bar,
         )
         queries = index.encode_queries(
-            model, list(query_texts), batch_size=batch_size, show_progress_bar=show_progress_bar
+            model, list(query_texts[lo:hi]), batch_size=batch_size, show_progress_bar=show_progress_bar
         )
         kwargs = {} if use_faiss else {"label_chunk": label_chunk_size}
-        _, ids = index.search(queries, shortlist_size, exclude=sp.csr_matrix(label_matrix), **kwargs)
+        _, ids = index.search(queries, shortlist_size, exclude=sp.csr_matrix(label_matrix)[lo:hi], **kwargs)
     finally:
         model.train(was_training)
-    return np.asarray(ids, dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if num_processes > 1:
+        ids = _gather_blocks(ids, block, n, model.device)
+    return ids
+
+
+def _gather_blocks(ids: np.ndarray, block: int, n: int, device) -> np.ndarray:
+    """Every rank's ``(<= block, width)`` rows, padded with -1 to ``block`` and all-gathered, cut back to ``n``."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("mine_shortlists(num_processes > 1) needs an initialised torch.distributed process group")
+    if dist.get_world_size() * block < n:
+        raise RuntimeError(f"{dist.get_world_size()} processes cannot hold {n} queries in blocks of {block}")
+    # gloo gathers CPU tensors; NCCL and the other accelerator backends gather on the model's device
+    device = torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(device)
+    padded = torch.full((block, ids.shape[1]), -1, dtype=torch.int64, device=device)
+    padded[: len(ids)] = torch.from_numpy(ids).to(device)
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts)[:n].cpu().numpy()
 
 
 def sample_from_shortlists(shortlists: np.ndarray, num: int, num_labels: int, rng: np.random.Generator) -> np.ndarray:
