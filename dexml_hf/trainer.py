@@ -7,8 +7,9 @@
 - ``compute_loss``: in-batch / hard go through the loss; 'all' through the two-pass all-label loss; 'all_cached'
   scores the batch against a label-embedding cache;
 - a callback refreshes the per-epoch state (positives, mining); ``_save_checkpoint`` adds the mined shortlists and
-  the label cache (safetensors + JSON, nothing pickled) and a completion marker to each checkpoint, so
-  ``train(resume_from_checkpoint=...)`` continues exactly and never from a half-written checkpoint;
+  the label cache (safetensors + JSON, nothing pickled) and a completion marker to each checkpoint before it is
+  pushed or rotated (:mod:`dexml_hf.checkpoints`), so ``train(resume_from_checkpoint=...)`` continues exactly and
+  never from a half-written checkpoint;
 - the whole job of ``dexml-hf train`` lives here: the test split evaluated before (optionally) and after training,
   the label index of the final model saved beside it by ``save_model``, the DEXML model card
   (:class:`~dexml_hf.model_card.DEXMLModelCardData`) with the XMC metrics, and ``push_to_hub`` publishing all of it.
