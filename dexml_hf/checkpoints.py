@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.trainer_utils import rotate_checkpoints as _upstream_rotate_checkpoints
 
@@ -165,12 +166,16 @@ def rotate_checkpoints(run_dir: str | Path, limit: int | None, best: str | None,
 
 
 @contextmanager
-def upstream_push_and_rotation_held(args):
+def upstream_push_and_rotation_held(args, folder: str | Path | None):
     """Upstream ``Trainer._save_checkpoint`` pushes and rotates as its last steps, before the extras could exist;
-    inside this block it does neither, so the caller completes the checkpoint first and then does both itself."""
+    inside this block it does neither, so the caller completes the checkpoint first and then does both itself.
+    The checkpoint's ``training_args.bin``, saved meanwhile, is saved again into ``folder`` (the saving process's;
+    ``None`` elsewhere) with the arguments as they are."""
     push, limit = args.push_to_hub, args.save_total_limit
     args.push_to_hub, args.save_total_limit = False, None
     try:
         yield
     finally:
         args.push_to_hub, args.save_total_limit = push, limit
+    if folder is not None and (Path(folder) / TRAINING_ARGS_NAME).is_file():
+        torch.save(args, Path(folder) / TRAINING_ARGS_NAME)

@@ -579,7 +579,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             checkpoints.unmark(folder)
-        with checkpoints.upstream_push_and_rotation_held(self.args):
+        with checkpoints.upstream_push_and_rotation_held(self.args, folder if self.args.should_save else None):
             super()._save_checkpoint(model, trial)
         if self.args.should_save:
             checkpoints.save_negatives_state(folder, self._negatives_state())

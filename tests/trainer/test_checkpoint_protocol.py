@@ -73,6 +73,7 @@ def test_pushed_last_checkpoint_resumes_exactly(tiny_model_path, tmp_path, hub_s
             push_to_hub=True,
             hub_strategy="checkpoint",
             hub_model_id=hub_repo_id,
+            save_total_limit=2,
             **kw,
         ),
         train_dataset=xmc,
@@ -85,6 +86,9 @@ def test_pushed_last_checkpoint_resumes_exactly(tiny_model_path, tmp_path, hub_s
     assert "last-checkpoint/trainer_state.json" in files and "model.safetensors" in files
     assert not {f for f in files if "/" not in f} & EXTRA_FILES, "checkpoint extras pushed to the repo root"
     assert not {p.name for p in (tmp_path / "pushed" / "out").iterdir()} & EXTRA_FILES
+    # upstream's push and rotation were held back while it saved: its record of the arguments is still true
+    saved = torch.load(tmp_path / "pushed" / "out" / "checkpoint-4" / "training_args.bin", weights_only=False)
+    assert (saved.push_to_hub, saved.save_total_limit) == (True, 2)
 
     download = snapshot_download(hub_repo_id, allow_patterns=["last-checkpoint/*"], cache_dir=tmp_path / "dl")
     resumed = _model(tiny_model_path)
