@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -129,25 +128,28 @@ def test_kill_while_writing_the_label_cache_with_save_total_limit_1_resumes(tiny
     assert checkpoints.is_complete(killed / "checkpoint-8")
 
 
-def _checkpoint(root, step, complete, age_s=0.0):
+def _checkpoint(root, step, complete):
     folder = root / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text("{}")
     if complete:
         checkpoints.mark_complete(folder, step)
-    stamp = time.time() - age_s
-    os.utime(folder, (stamp, stamp))
     return folder
 
 
 def test_rotation_with_limit_1_keeps_the_complete_checkpoint(tmp_path):
-    """A stale, incomplete checkpoint-6 (left by a killed run) is the newest by step; upstream's rotation alone
-    would keep it and delete the complete checkpoint-4 just written."""
-    _checkpoint(tmp_path, 2, complete=True, age_s=30)
-    _checkpoint(tmp_path, 6, complete=False, age_s=20)
-    current = _checkpoint(tmp_path, 4, complete=True)
-    checkpoints.rotate_checkpoints(tmp_path, 1, None, current=current)
-    assert [p.name for p in checkpoints.checkpoint_folders(tmp_path)] == ["checkpoint-4"]
+    """A stale, incomplete checkpoint-6 (left by a killed run) is the newest by step (mtimes within a second:
+    upstream orders by step); upstream's rotation alone keeps it and deletes the complete checkpoint-4 just written."""
+    from transformers.trainer_utils import rotate_checkpoints as upstream
+
+    for root in (tmp_path / "upstream", tmp_path / "ours"):
+        _checkpoint(root, 2, complete=True)
+        _checkpoint(root, 6, complete=False)
+        _checkpoint(root, 4, complete=True)
+    upstream(str(tmp_path / "upstream"), 1, use_mtime=True)
+    assert [p.name for p in checkpoints.checkpoint_folders(tmp_path / "upstream")] == ["checkpoint-6"]
+    checkpoints.rotate_checkpoints(tmp_path / "ours", 1, None, current=tmp_path / "ours" / "checkpoint-4")
+    assert [p.name for p in checkpoints.checkpoint_folders(tmp_path / "ours")] == ["checkpoint-4"]
 
 
 def test_rotation_keeps_everything_within_the_limit(tmp_path):
