@@ -9,8 +9,9 @@
 - ``compute_loss``: in-batch / hard go through the loss; 'all' through the two-pass all-label loss; 'all_cached'
   scores the batch against a label-embedding cache;
 - a callback refreshes the per-epoch state (positives, mining); ``_save_checkpoint`` adds the mined shortlists and
-  the label cache (safetensors + JSON, nothing pickled) and a completion marker to each checkpoint, so
-  ``train(resume_from_checkpoint=...)`` continues exactly and never from a half-written checkpoint;
+  the label cache (safetensors + JSON, nothing pickled) and a completion marker to each checkpoint before it is
+  pushed or rotated (:mod:`dexml_hf.checkpoints`), so ``train(resume_from_checkpoint=...)`` continues exactly and
+  never from a half-written checkpoint;
 - the whole job of ``dexml-hf train`` lives here: the test split evaluated before (optionally) and after training,
   the label index of the final model saved beside it by ``save_model``, the DEXML model card
   (:class:`~dexml_hf.model_card.DEXMLModelCardData`, filled by its callback) with the XMC metrics, and
@@ -24,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +37,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
+from dexml_hf import checkpoints
+from dexml_hf.checkpoints import EXTRA_FILES, NegativesState
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.losses.base import XMCLoss
 from dexml_hf.model_card import DEXMLModelCardCallback, DEXMLModelCardData
@@ -52,8 +54,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEXMLTrainer"]
 
-NEGATIVES_STATE = "dexml_negatives"  # .json (scalars) + .safetensors (arrays)
-CHECKPOINT_COMPLETE = "dexml_checkpoint_complete.json"
 EVAL_RESULTS = "eval_results.json"
 
 
@@ -496,7 +496,9 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             queries = model(features[0])["sentence_embedding"]
             positives = model(features[1])["sentence_embedding"]
             table = self._cache.get(self.model, self.state.global_step, queries.device)
-            table = table.to(positives.dtype).index_put((positive_ids.to(queries.device),), positives)
+            # the table may come from a checkpoint read elsewhere: on the queries' device, in the batch's dtype
+            table = table.to(device=queries.device, dtype=positives.dtype)
+            table = table.index_put((positive_ids.to(queries.device),), positives)
             loss = self.loss.compute_loss_against_labels(queries, table, query_ids, positive_ids)
         return (loss, {}) if return_outputs else loss
 
@@ -554,27 +556,38 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             super()._push_from_checkpoint(checkpoint_folder)
             self._finish_current_push()
 
+    def _checkpoint_push_skip_names(self, checkpoint_folder: str) -> set[str]:
+        """The checkpoint extras go to ``last-checkpoint/`` with the checkpoint, never to the model repo's root."""
+        return super()._checkpoint_push_skip_names(checkpoint_folder) | EXTRA_FILES
+
     # ------------------------------------------------------------------ checkpoints and resume
     def _save_checkpoint(self, model, trial) -> None:
-        """Upstream checkpoint + the negatives state (safetensors + JSON) + a marker written last: complete."""
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save and folder.is_dir():
-            self._save_negatives_state(folder)
-            (folder / CHECKPOINT_COMPLETE).write_text(json.dumps({"global_step": self.state.global_step}))
+        """Upstream's checkpoint files, then the negatives state and the completion marker (last), and only then
+        the push (``hub_strategy``) and the rotation (``save_total_limit``) that upstream would do before them."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            checkpoints.unmark(folder)
+        with checkpoints.upstream_push_and_rotation_held(self.args, folder if self.args.should_save else None):
+            super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            checkpoints.save_negatives_state(folder, self._negatives_state())
+            checkpoints.mark_complete(folder, self.state.global_step)
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(str(folder))
+        if self.args.should_save:
+            checkpoints.rotate_checkpoints(
+                run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, current=folder
+            )
 
-    def _save_negatives_state(self, folder: Path) -> None:
-        from safetensors.numpy import save_file
-
-        arrays, scalars = {}, {"shortlist_epoch": self._shortlist_epoch, "cache_step": None}
-        if self._shortlists is not None:
-            arrays["shortlists"] = np.ascontiguousarray(self._shortlists)
-        if self._cache is not None and self._cache.embeddings is not None:
-            arrays["cache_embeddings"] = self._cache.embeddings.detach().float().cpu().numpy()
-            scalars["cache_step"] = self._cache.step
-        if arrays:
-            save_file(arrays, str(folder / f"{NEGATIVES_STATE}.safetensors"))
-        (folder / f"{NEGATIVES_STATE}.json").write_text(json.dumps(scalars), encoding="utf-8")
+    def _negatives_state(self) -> NegativesState:
+        cache = self._cache
+        return NegativesState(
+            shortlists=self._shortlists,
+            shortlist_epoch=self._shortlist_epoch,
+            cache_embeddings=cache.embeddings if cache is not None else None,
+            cache_step=cache.step if cache is not None else None,
+        )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """Upstream ``train``; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint in output_dir."""
@@ -583,52 +596,16 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _checkpoint_to_resume(self, resume: str | bool) -> str:
-        if resume is True:
-            root = Path(self.args.output_dir)
-            found = sorted(
-                (int(m.group(1)), p)
-                for p in (root.iterdir() if root.is_dir() else [])
-                if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name)) and p.is_dir()
-            )
-            complete = [p for _, p in found if (p / CHECKPOINT_COMPLETE).is_file()]
-            for _, p in found:
-                if not (p / CHECKPOINT_COMPLETE).is_file():
-                    logger.warning(f"skipping {p}: incomplete checkpoint (the run was stopped while writing it)")
-            if not complete:
-                raise DataError(f"resume_from_checkpoint=True: no complete checkpoint in {root}")
-            return str(complete[-1])
-        path = Path(resume)
-        if not path.is_dir():
-            raise DataError(f"resume_from_checkpoint: {path} is not a folder")
-        if not (path / CHECKPOINT_COMPLETE).is_file():
-            raise DataError(
-                f"resume_from_checkpoint: {path} is not a complete DEXMLTrainer checkpoint (no {CHECKPOINT_COMPLETE}:"
-                " written by another trainer, or the run was stopped while writing it)"
-            )
-        return str(path)
+        return checkpoints.checkpoint_to_resume(self.args.output_dir, resume)
 
     def _load_from_checkpoint(self, checkpoint_path: str) -> None:
-        from dexml_hf.io import read_json, read_safetensors
-
+        """Upstream's model weights, then the negatives state, its cache on the model's device."""
         super()._load_from_checkpoint(checkpoint_path)
-        folder = Path(checkpoint_path)
-        meta_path = folder / f"{NEGATIVES_STATE}.json"
-        if not meta_path.is_file():
-            raise DataError(
-                f"{checkpoint_path}: no {meta_path.name}; this checkpoint cannot resume the negatives state"
-            )
-        scalars = read_json(meta_path)
-        tensors_path = folder / f"{NEGATIVES_STATE}.safetensors"
-        arrays = read_safetensors(tensors_path, framework="numpy") if tensors_path.is_file() else {}
-        if self.args.negatives == "hard" and scalars.get("shortlist_epoch") is not None:
-            if "shortlists" not in arrays:
-                raise DataError(f"{tensors_path}: the mined shortlists are missing")
-            self._shortlists, self._shortlist_epoch = arrays["shortlists"], scalars["shortlist_epoch"]
-        if self._cache is not None and scalars.get("cache_step") is not None:
-            if "cache_embeddings" not in arrays:
-                raise DataError(f"{tensors_path}: the label-embedding cache is missing")
-            embeddings = torch.from_numpy(arrays["cache_embeddings"])
-            self._cache.load_state_dict({"embeddings": embeddings, "step": scalars["cache_step"]})
+        state = checkpoints.load_negatives_state(checkpoint_path, device=self.model.device)
+        if self.args.negatives == "hard" and state.shortlists is not None:
+            self._shortlists, self._shortlist_epoch = state.shortlists, state.shortlist_epoch
+        if self._cache is not None and state.cache_embeddings is not None:
+            self._cache.load_state_dict({"embeddings": state.cache_embeddings, "step": state.cache_step})
 
 
 @contextmanager

@@ -94,3 +94,20 @@ def test_benchmark_quick_mode_runs_and_prints_a_table(name, tmp_path):
             d = report["details"][part]
             assert 0 < d["lam"] <= 1 and d["validation"]["n_queries"] == 500
             assert d["validation"]["value"] >= d["validation"]["dual_encoder_value"]
+
+
+def test_gpu_smoke_cpu_mode_trains_resumes_and_searches(tmp_path):
+    """``gpu_smoke.py`` is prepared for a CUDA machine (bf16, fp16); its fp32 CPU mode runs here, on the mode whose
+    checkpoint holds a device-bound state (the label cache). The slow test above runs every mode."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_smoke.py"), "--device", "cpu", "--quick", "--modes", "all_cached"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TOKENIZERS_PARALLELISM": "false"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| all_cached")]
+    assert len(rows) == 1 and rows[0].startswith("| all_cached | fp32 | cpu |"), proc.stdout
+    assert "| 2 → 4 | 0 |" in rows[0] and rows[0].endswith("| OK |"), rows[0]  # resumed at 2, ended exactly

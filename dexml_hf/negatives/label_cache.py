@@ -61,5 +61,8 @@ class LabelEmbeddingCache:
     def state_dict(self) -> dict:
         return {"embeddings": self.embeddings, "step": self.step}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.embeddings, self.step = state["embeddings"], state["step"]
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore a saved table onto ``device`` (the model's: a checkpoint is read on the CPU)."""
+        embeddings = state["embeddings"]
+        self.embeddings = embeddings.to(device) if embeddings is not None and device is not None else embeddings
+        self.step = state["step"]

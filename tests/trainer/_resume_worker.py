@@ -1,15 +1,21 @@
 """One training run of the kill-and-resume test (``test_kill_resume.py``), in its own process.
 
 ``--pause-after STEP`` sleeps after each optimizer step past STEP (numerics untouched) so the test can SIGKILL the
-run between a checkpoint and the end. ``--resume PATH`` continues from a checkpoint. At the end the run writes its
-final weights and its evaluation metrics (P@k etc. on the test split) to ``--result``.
+run between a checkpoint and the end. ``--kill-while-saving STEP`` SIGKILLs the run from inside the save of
+``checkpoint-STEP``, half-way through writing the negatives state (the label cache, the mined shortlists): the worst
+moment of a save, after the Trainer's own files. ``--resume PATH`` continues from a checkpoint (``true``: the last
+complete one). At the end the run writes its final weights and its evaluation metrics (P@k etc. on the test split)
+to ``--result``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import time
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -28,6 +34,23 @@ class _Pause(TrainerCallback):
             time.sleep(1.0)
 
 
+def _kill_while_saving(step: int) -> None:
+    """Make the safetensors write of ``checkpoint-<step>`` leave half a file, then SIGKILL this process."""
+    import safetensors.numpy
+
+    save_file = safetensors.numpy.save_file
+
+    def half_then_kill(arrays, filename, *args, **kwargs):
+        if Path(filename).parent.name != f"checkpoint-{step}":
+            return save_file(arrays, filename, *args, **kwargs)
+        save_file(arrays, filename, *args, **kwargs)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    safetensors.numpy.save_file = half_then_kill
+
+
 def main() -> None:
     from sentence_transformers import SentenceTransformer
 
@@ -42,15 +65,22 @@ def main() -> None:
     parser.add_argument("--result", required=True)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--pause-after", type=int, default=None)
+    parser.add_argument("--kill-while-saving", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--save-total-limit", type=int, default=None)
     args = parser.parse_args()
 
     torch.set_num_threads(1)
+    if args.kill_while_saving is not None:
+        _kill_while_saving(args.kill_while_saving)
     model = SentenceTransformer(args.model, device="cpu")
     training_args = DEXMLTrainingArguments(
         output_dir=args.output_dir,
         negatives=args.mode,
         per_device_train_batch_size=8,
         num_train_epochs=3,  # 48 queries / 8 = 6 steps an epoch, 18 steps
+        max_steps=args.max_steps,
+        save_total_limit=args.save_total_limit,
         learning_rate=5e-3,
         warmup_steps=2,
         save_strategy="steps",
@@ -74,7 +104,8 @@ def main() -> None:
     trainer = DEXMLTrainer(model=model, args=training_args, train_dataset=xmc, eval_dataset="test")
     counter = _Pause(args.pause_after)
     trainer.add_callback(counter)
-    out = trainer.train(resume_from_checkpoint=args.resume)
+    resume = True if args.resume == "true" else args.resume
+    out = trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     state = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}

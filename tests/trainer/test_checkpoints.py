@@ -18,8 +18,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from dexml_hf.checkpoints import CHECKPOINT_COMPLETE, NEGATIVES_STATE
 from dexml_hf.errors import DataError
-from dexml_hf.trainer import CHECKPOINT_COMPLETE, NEGATIVES_STATE, DEXMLTrainer
+from dexml_hf.trainer import DEXMLTrainer
 from tests.trainer.test_trainer import _args, make_xmc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dexml_hf.checkpoints import CHECKPOINT_COMPLETE
 from tests.trainer import _resume_worker
 
 WORKER = Path(_resume_worker.__file__)
@@ -65,8 +66,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model_path, tmp_path, mo
     cmd = _cmd(tiny_model_path, killed_dir, mode, tmp_path / "never.json", "--pause-after", str(KILL_AFTER))
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    # the negatives state is written by the on_save callback, after the Trainer's own checkpoint files
-    while not (checkpoint / "dexml_negatives.pt").is_file() or not (checkpoint / "trainer_state.json").is_file():
+    while not (checkpoint / CHECKPOINT_COMPLETE).is_file():  # written last
         assert proc.poll() is None, f"the run ended before checkpoint-{KILL_AFTER}: {proc.stderr.read()[-3000:]}"
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.2)
