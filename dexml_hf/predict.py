@@ -334,7 +334,7 @@ def _arrow_schema(index: LabelIndex, id_type: type | None):
         fields.append(pa.field("id", pa.int64() if id_type is int else pa.string()))
     fields.append(pa.field("label_ids", pa.list_(pa.int64())))
     if index.label_ids is not None:
-        fields.append(pa.field("label_uids", pa.list_(pa.array(list(index.label_ids)).type)))
+        fields.append(pa.field("label_uids", pa.list_(pa.array(list(index.label_ids[:1024])).type)))
     if index.texts is not None:
         fields.append(pa.field("label_texts", pa.list_(pa.string())))
     fields.append(pa.field("scores", pa.list_(pa.float32())))

@@ -110,16 +110,48 @@ def test_xmc_dataset_split_and_a_hub_dataset(tiny_model, index, tmp_path, hub_re
     save_to_folder(ds, tmp_path / "ds")
     out = tmp_path / "xmc.jsonl"
     predict_corpus(tiny_model, index, tmp_path / "ds", out, top_k=2, batch_size=4, split="test",
-                   query_text_mode="title_content", show_progress_bar=False)  # fmt: skip
-    texts = ds.query_texts("test", "title_content")
+                   query_text_mode="wikipedia", show_progress_bar=False)  # fmt: skip
+    texts = ds.query_texts("test", "wikipedia")
+    assert texts != ds.query_texts("test", "title")  # the mode is not the default's text
     _check_against_search(_read(out), tiny_model, index, texts, 2, ids=ds.queries["test"]["uid"])
 
-    texts = _docs(9)
+    texts, other = _docs(9), _docs(12)[3:]
     datasets.Dataset.from_dict({"sentence": texts, "n": list(range(9))}).push_to_hub(hub_repo_id, split="validation")
+    datasets.Dataset.from_dict({"sentence": other, "n": list(range(9))}).push_to_hub(
+        hub_repo_id, config_name="other", split="validation"
+    )
     out = tmp_path / "hub.parquet"
     predict_corpus(tiny_model, index, hub_repo_id, out, top_k=2, batch_size=2, input_format="hub",
                    split="validation", text_field="sentence", id_field="n", show_progress_bar=False)  # fmt: skip
     _check_against_search(_read(out), tiny_model, index, texts, 2, ids=list(range(9)))
+    predict_corpus(tiny_model, index, hub_repo_id, out, top_k=2, batch_size=2, input_format="hub", overwrite=True,
+                   split="validation", hub_config="other", text_field="sentence", show_progress_bar=False)  # fmt: skip
+    _check_against_search(_read(out), tiny_model, index, other, 2)
+
+
+def test_retrieval_memory_is_used_unless_switched_off(tiny_model, index, tmp_path):
+    import scipy.sparse as sp
+
+    from dexml_hf.retrieval import RetrievalMemory
+
+    train = _docs(30)
+    rng = np.random.default_rng(3)
+    matrix = sp.csr_matrix((rng.random((30, len(LABELS))) < 0.3).astype(np.float32))
+    memory = RetrievalMemory(index.encode_queries(tiny_model, train), matrix, lam=0.3, k=5, temperature=0.1)
+    index.attach_memory(memory)
+    texts = _docs(17)
+    path, _ = _write_input(tmp_path, "text", texts, None)
+    q = index.encode_queries(tiny_model, texts)
+    for use_memory in (True, False):
+        out = tmp_path / f"o-{use_memory}.jsonl"
+        predict_corpus(tiny_model, index, path, out, top_k=4, batch_size=4, use_memory=use_memory,
+                       show_progress_bar=False)  # fmt: skip
+        scores, top = index.search(q, 4, use_memory=use_memory)
+        rows = _read(out)
+        assert [r["label_ids"] for r in rows] == top.tolist()
+        np.testing.assert_allclose([r["scores"] for r in rows], scores, rtol=1e-6, atol=1e-6)
+    fused, plain = (_read(tmp_path / f"o-{u}.jsonl") for u in (True, False))
+    assert [r["scores"] for r in fused] != [r["scores"] for r in plain]
 
 
 def test_batches_are_bounded_and_parts_committed_one_by_one(tiny_model, index, tmp_path, monkeypatch):
@@ -337,3 +369,34 @@ def test_two_process_launch_writes_the_one_process_bytes(tiny_model_path, tiny_m
     assert two.stdout.count("wrote ") == 1
     assert "process 0 of 2: 3 of 6 pending parts" in two.stderr and "process 1 of 2: 3 of 6" in two.stderr
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+
+def test_cli_dataset_options_reach_the_reader(tiny_model_path, tiny_model, index, tmp_path, hub_repo_id, hf_cache,
+                                              capsys):  # fmt: skip
+    import datasets
+
+    from dexml_hf.data import save_to_folder
+    from dexml_hf.data.synthetic import generate_synthetic_xmc
+
+    index.save(tmp_path / "idx")
+    base = ["predict", "--model", str(tiny_model_path), "--index", str(tmp_path / "idx"), "--k", "2"]
+    ds = generate_synthetic_xmc(num_labels=len(LABELS), num_train=20, num_test=6, seed=0)
+    save_to_folder(ds, tmp_path / "ds")
+    xmc = [*base, "--input", str(tmp_path / "ds"), "--output", str(tmp_path / "x.jsonl")]
+    assert main([*xmc, "--split", "train", "--dataset_format", "lf"]) == 1  # the folder is not in LF's layout
+    assert "no label (lbl.json.gz) file" in capsys.readouterr().err
+    assert main([*xmc, "--split", "train", "--dataset_format", "hub", "--query_text_mode", "wikipedia"]) == 0
+    texts = ds.query_texts("train", "wikipedia")
+    _check_against_search(_read(tmp_path / "x.jsonl"), tiny_model, index, texts, 2, ids=ds.queries["train"]["uid"])
+
+    main_texts, v2_texts = _docs(5), _docs(8)[3:]
+    datasets.Dataset.from_dict({"text": main_texts}).push_to_hub(hub_repo_id, split="test")
+    from huggingface_hub import HfApi
+
+    HfApi().create_branch(hub_repo_id, branch="v2", repo_type="dataset")
+    datasets.Dataset.from_dict({"text": v2_texts}).push_to_hub(hub_repo_id, split="test", revision="v2")
+    hub = [*base, "--input", hub_repo_id, "--input_format", "hub", "--output", str(tmp_path / "h.jsonl")]
+    assert main([*hub, "--dataset_revision", "v2"]) == 0
+    _check_against_search(_read(tmp_path / "h.jsonl"), tiny_model, index, v2_texts, 2)
+    assert main([*hub, "--overwrite", "true"]) == 0
+    _check_against_search(_read(tmp_path / "h.jsonl"), tiny_model, index, main_texts, 2)
