@@ -7,7 +7,7 @@ Input (read lazily, row by row): text lines (``.txt``), JSON lines (``.jsonl``),
 best first), ``label_uids`` / ``label_texts`` (when the index stores them) and ``scores``.
 
 Why parts: a run over a million documents must survive a kill. The rows are cut into parts of ``rows_per_part``
-rows (a multiple of the batch size, so every batch is the same whatever the process count or the resume point);
+rows (fixed boundaries, so every encoder batch is the same whatever the process count or the resume point);
 each part is written to ``<output>.partial/`` and committed by a rename, next to a manifest holding a fingerprint
 of the job (input, model, index, options). Re-running the same job skips the committed parts; a different job
 is refused. Under ``accelerate launch``/``torchrun`` the pending parts are split into contiguous shares, one per
@@ -481,16 +481,15 @@ def predict_corpus(
     an unfinished different job. Under ``accelerate launch`` every process takes a contiguous share of the parts
     and the main process writes the file. Returns ``output``.
     """
-    import torch
     from tqdm.auto import tqdm
 
     output = Path(output)
     fmt = _output_format(output)
     if top_k < 1 or batch_size < 1:
         raise UsageError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
-    part_rows = rows_per_part or 32 * batch_size
-    if part_rows < 1 or part_rows % batch_size:
-        raise UsageError(f"rows_per_part ({part_rows}) must be a positive multiple of batch_size ({batch_size})")
+    part_rows = 32 * batch_size if rows_per_part is None else rows_per_part
+    if part_rows < 1:
+        raise UsageError(f"rows_per_part must be >= 1, got {part_rows}")
     if output.is_dir():
         raise UsageError(f"--output {output} is a folder; give a .jsonl or .parquet file name")
     if output.exists() and not overwrite:
@@ -536,11 +535,9 @@ def predict_corpus(
     bar = tqdm(total=todo, unit="doc", desc="predict", disable=not (show_progress_bar and state.is_main_process))
     for part, chunk in _part_chunks(corpus.rows(), mine, part_rows):
         texts = [text for text, _ in chunk]
-        embeddings = [
-            index.encode_queries(model, texts[i : i + batch_size], batch_size=batch_size)
-            for i in range(0, len(texts), batch_size)
-        ]
-        scores, top = index.search(torch.cat(embeddings), top_k, use_memory=use_memory)
+        # one call a part: sentence-transformers sorts the part by length into batches (less padding)
+        embeddings = index.encode_queries(model, texts, batch_size=batch_size)
+        scores, top = index.search(embeddings, top_k, use_memory=use_memory)
         cols = _records(part * part_rows, [id_ for _, id_ in chunk], scores, top, index)
         _write_part(names[part], cols, fmt, schema)
         bar.update(len(chunk))

@@ -72,7 +72,7 @@ class PredictArguments:
     batch_size: int = field(default=64, metadata={"help": "documents embedded at once"})
     rows_per_part: int | None = field(
         default=None,
-        metadata={"help": "documents per committed part, a multiple of --batch_size (default 32 batches)"},
+        metadata={"help": "documents per committed part, the unit of resuming (default 32 batches)"},
     )
     overwrite: bool = field(
         default=False, metadata={"help": "replace an existing --output, or drop an unfinished run of another job"}

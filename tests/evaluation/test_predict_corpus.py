@@ -155,14 +155,14 @@ def test_retrieval_memory_is_used_unless_switched_off(tiny_model, index, tmp_pat
 
 
 def test_batches_are_bounded_and_parts_committed_one_by_one(tiny_model, index, tmp_path, monkeypatch):
-    """The model never sees more than batch_size texts, and each part is its own committed file."""
+    """The encoder never sees more than batch_size texts at once, and each part is its own committed file."""
     import dexml_hf.predict as predict_module
 
     path, _ = _write_input(tmp_path, "text", _docs(30), None)
     seen, committed = [], []
-    encode = type(tiny_model).encode
+    forward = type(tiny_model).forward
     monkeypatch.setattr(
-        type(tiny_model), "encode", lambda self, texts, **kw: seen.append(len(texts)) or encode(self, texts, **kw)
+        type(tiny_model), "forward", lambda self, f, **kw: seen.append(len(f["input_ids"])) or forward(self, f, **kw)
     )
     write = predict_module._write_part
     monkeypatch.setattr(predict_module, "_write_part", lambda p, *a: committed.append(p.name) or write(p, *a))
@@ -326,7 +326,7 @@ def test_cli_corpus_end_to_end_and_one_line_errors(tiny_model_path, tiny_model, 
         (["--overwrite", "true", "--text_field", "body", "--split", "test"], 2, "--split applies to XMC"),
         (["--overwrite", "true", "--text_field", "body", "--json", "true"], 2, "--json"),
         (["--overwrite", "true", "--text_field", "body", "some text"], 2, "texts or --input, not both"),
-        (["--overwrite", "true", "--text_field", "body", "--batch_size", "3", "--rows_per_part", "4"], 2, "multiple"),
+        (["--overwrite", "true", "--text_field", "body", "--rows_per_part", "0"], 2, "--rows_per_part must be a"),
     ]:
         assert main([*argv, *extra]) == code
         err = capsys.readouterr().err.strip()
