@@ -158,11 +158,16 @@ class Corpus:
         }[self.kind]
         return reader()
 
-    def scan(self) -> tuple[int, type | None]:
+    def scan(self, show_progress_bar: bool = False) -> tuple[int, type | None]:
         """Read every row once (nothing kept): the row count and the ids' Python type (``int``, ``str`` or ``None``);
         raises :class:`DataError` at the first malformed row, or where the ids change type."""
+        from tqdm.auto import tqdm
+
         n, id_type = 0, None
-        for n, (_, id_) in enumerate(self.rows(), 1):
+        rows = tqdm(
+            self.rows(), desc="checking input", unit="doc", disable=not show_progress_bar, leave=False, delay=2
+        )
+        for n, (_, id_) in enumerate(rows, 1):
             if id_ is not None and id_type is not type(id_):
                 if id_type is not None:
                     raise DataError(
@@ -502,7 +507,9 @@ def predict_corpus(
     state = _process_state()
     if state.num_processes > 1 and str(model.device) != str(state.device):
         model.to(state.device)
-    n_rows, id_type = corpus.scan()  # every row validated before any work: a bad record costs nothing
+    n_rows, id_type = corpus.scan(
+        show_progress_bar and state.is_main_process
+    )  # every row validated before any work: a bad record costs nothing
     schema = _arrow_schema(index, id_type)
     fingerprint = {
         "input": corpus.identity(),
