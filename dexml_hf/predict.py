@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dexml_hf.errors import DataError, UsageError
+from dexml_hf.io import ArrowColumn
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -319,8 +320,23 @@ def _index_fingerprint(index: LabelIndex, use_memory: bool) -> str:
     """The index by its public API: size, labels, and its top-k (rounded scores) for seeded probe queries."""
     probes = np.random.default_rng(0).standard_normal((8, index.dim)).astype(np.float32)
     scores, ids = index.search(probes, min(10, len(index)), use_memory=use_memory)
-    labels = json.dumps([len(index), index.dim, index.label_ids, index.texts], default=str, ensure_ascii=False)
-    return _digest(np.round(scores.astype(np.float64), 4), ids.astype(np.int64), labels)
+    labels = [_column_digest(index.label_ids), _column_digest(index.texts), str(len(index)), str(index.dim)]
+    return _digest(np.round(scores.astype(np.float64), 4), ids.astype(np.int64), *labels)
+
+
+def _column_digest(column) -> str:
+    """A label column by its content: the Arrow buffers of a memory-mapped one (no Python strings), else its JSON."""
+    if column is None:
+        return "none"
+    if isinstance(column, ArrowColumn):
+        h = hashlib.blake2b(digest_size=16)
+        for chunk in column.array.chunks:
+            h.update(f"{chunk.offset}:{len(chunk)}:{chunk.type}".encode())
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    h.update(memoryview(buffer))
+        return h.hexdigest()
+    return _digest(json.dumps(list(column), default=str, ensure_ascii=False))
 
 
 # ---- output -----------------------------------------------------------------------------------------------------
@@ -355,11 +371,23 @@ def _records(start: int, ids: list, scores: np.ndarray, top: np.ndarray, index: 
         cols["id"] = ids
     cols["label_ids"] = label_lists
     if index.label_ids is not None:
-        cols["label_uids"] = [[index.label_ids[j] for j in row] for row in label_lists]
+        cols["label_uids"] = _lookup(index.label_ids, label_lists)
     if index.texts is not None:
-        cols["label_texts"] = [[index.texts[j] for j in row] for row in label_lists]
+        cols["label_texts"] = _lookup(index.texts, label_lists)
     cols["scores"] = [row[m] for row, m in zip(scores.astype(np.float32), keep)]
     return cols
+
+
+def _lookup(column, label_lists: list[list[int]]) -> list[list]:
+    """``column[j]`` for every label of every row; one Arrow ``take`` for a memory-mapped column."""
+    if not isinstance(column, ArrowColumn):
+        return [[column[j] for j in row] for row in label_lists]
+    flat = column.array.take(np.fromiter(itertools.chain.from_iterable(label_lists), dtype=np.int64)).to_pylist()
+    out, start = [], 0
+    for row in label_lists:
+        out.append(flat[start : start + len(row)])
+        start += len(row)
+    return out
 
 
 def _write_part(path: Path, cols: dict[str, list], fmt: str, schema) -> None:

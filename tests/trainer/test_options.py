@@ -11,6 +11,7 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from dexml_hf.errors import UsageError
 from dexml_hf.model_card import DEXMLModelCardCallback, DEXMLModelCardData
+from dexml_hf.negatives.epoch_rows import split_keys
 from dexml_hf.trainer import DEXMLTrainer
 from tests.trainer.test_trainer import _args, make_xmc
 
@@ -36,14 +37,15 @@ def test_batch_samplers_that_cannot_apply_to_xmc_data_are_refused(tiny_model, tm
 def test_no_duplicates_sampler_means_no_positive_label_twice_in_a_batch(tiny_model, tmp_path, sampler):
     xmc = make_xmc(num_labels=16, num_train=48)  # 48 queries on 16 labels: a plain shuffle repeats labels
     trainer = DEXMLTrainer(model=tiny_model, args=_args(tmp_path, batch_sampler=sampler), train_dataset=xmc)
-    batches = list(trainer.get_batch_sampler(trainer.train_dataset, 4, False, seed=1))
+    # the sampler's keys carry the epoch (DataLoader workers build that epoch's rows): decode the rows
+    batches = [split_keys(b, 48)[1] for b in trainer.get_batch_sampler(trainer.train_dataset, 4, False, seed=1)]
     positives = trainer._positive_ids(0)
     assert sorted(i for b in batches for i in b) == list(range(48))
     assert all(len(set(positives[b].tolist())) == len(b) for b in batches)
     plain = DEXMLTrainer(
         model=tiny_model, args=_args(tmp_path, avoid_duplicate_labels_in_batch=False), train_dataset=xmc
     )
-    shuffled = list(plain.get_batch_sampler(plain.train_dataset, 4, False, seed=1))
+    shuffled = [split_keys(b, 48)[1] for b in plain.get_batch_sampler(plain.train_dataset, 4, False, seed=1)]
     assert any(len(set(positives[b].tolist())) < len(b) for b in shuffled)  # the check above can fail
 
 
