@@ -400,3 +400,45 @@ def test_cli_dataset_options_reach_the_reader(tiny_model_path, tiny_model, index
     _check_against_search(_read(tmp_path / "h.jsonl"), tiny_model, index, v2_texts, 2)
     assert main([*hub, "--overwrite", "true"]) == 0
     _check_against_search(_read(tmp_path / "h.jsonl"), tiny_model, index, main_texts, 2)
+
+
+def test_a_saved_index_with_memory_mapped_labels_gives_the_same_output(tiny_model, index, tmp_path):
+    """A loaded index holds its labels as Arrow columns: the same rows, and a changed label refuses to resume."""
+    texts = _docs(30)
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    index.save(tmp_path / "idx")
+    loaded = LabelIndex.load(tmp_path / "idx")
+    out = tmp_path / "out.jsonl"
+    predict_corpus(tiny_model, loaded, corpus, out, top_k=3, batch_size=8, show_progress_bar=False)
+    _check_against_search(_read(out), tiny_model, index, texts, 3)
+
+    partial = tmp_path / "partial.jsonl"
+    state = {"n": 0}
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_part(*args, **kwargs):
+        state["n"] += 1
+        if state["n"] > 1:
+            raise Stop
+        return original(*args, **kwargs)
+
+    import dexml_hf.predict as predict_module
+
+    original = predict_module._write_part
+    predict_module._write_part = stop_after_first_part
+    try:
+        with pytest.raises(Stop):
+            predict_corpus(
+                tiny_model, loaded, corpus, partial, top_k=3, batch_size=8, rows_per_part=8, show_progress_bar=False
+            )
+    finally:
+        predict_module._write_part = original
+    changed = LabelIndex.load(tmp_path / "idx")
+    changed.update_labels(tiny_model, ["tax law and courts"], ["L5"])
+    with pytest.raises(UsageError, match="index"):
+        predict_corpus(
+            tiny_model, changed, corpus, partial, top_k=3, batch_size=8, rows_per_part=8, show_progress_bar=False
+        )
