@@ -66,7 +66,11 @@ def main(argv: list[str]) -> int:
     model = load_model(args.model)
     xmc = load_dataset(args.dataset, format=args.dataset_format)
     index = LabelIndex.from_texts(
-        model, xmc.label_texts(args.label_text_mode), label_ids=xmc.labels["uid"], batch_size=args.batch_size
+        model,
+        xmc.label_texts(args.label_text_mode),
+        label_ids=xmc.labels["uid"],
+        batch_size=args.batch_size,
+        show_progress_bar=True,
     )
     memory = tune_retrieval(
         model,
@@ -78,6 +82,7 @@ def main(argv: list[str]) -> int:
         query_mode=args.query_text_mode,
         batch_size=args.batch_size,
         inv_propensity=xmc.inv_propensity(),
+        show_progress_bar=True,  # embedding 643k training queries takes half an hour on 2 cores: show it
     )
     index.save(args.output)
     chosen = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}

@@ -113,7 +113,9 @@ def test_memory_command_tunes_on_validation_and_saves(tiny_model, tiny_model_pat
     out = tmp_path / "idx"
     argv = ["memory", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds"), "--output", str(out)]
     assert main(argv) == 0
-    assert "retrieval memory of 120 queries" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "retrieval memory of 120 queries" in captured.out
+    assert "Batches" in captured.err and "choosing λ, k, T" in captured.err  # the long steps show progress
     saved = LabelIndex.load(out)
     expected_index = LabelIndex.from_texts(tiny_model, synthetic.label_texts())
     expected = tune_retrieval(
