@@ -254,8 +254,9 @@ class ApproximateIndex:
         return storage
 
     def _add_rows(self, emb: np.ndarray, show_progress_bar: bool | None) -> None:
-        """Append rows to the faiss index in chunks (positions continue from ``ntotal``)."""
-        start = self.index.ntotal
+        """Append rows to the faiss index in chunks; their positions follow the last one (removed rows included:
+        an IVF index's ``ntotal`` shrinks when rows are removed, positions never do)."""
+        start = len(self.ids)
         bar = tqdm(total=len(emb), desc=f"building {self.kind} index", disable=not show_progress_bar, leave=False)
         for s in range(0, len(emb), _ADD_CHUNK):
             chunk = _f32(emb[s : s + _ADD_CHUNK])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr
-from dexml_hf.retrieval import MEMORY_FILE, RetrievalMemory, search_with_memory
+from dexml_hf.retrieval import MEMORY_APPROXIMATE_DIR, MEMORY_FILE, RetrievalMemory, search_with_memory
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -35,6 +35,7 @@ __all__ = ["LabelIndex", "encode_texts", "model_name_of", "prompt_name_for", "re
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 CONFIG_FILE = "label_index.json"
+APPROXIMATE_DIR = "approximate"  # the ApproximateIndex files (dexml_hf.ann), when one is built
 FORMAT_VERSION = 2  # 2: optional retrieval memory (memory.safetensors + "memory" in the JSON)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "fp32": torch.float32, "fp16": torch.float16}
 _BACKENDS = ("torch", "faiss")
@@ -160,6 +161,7 @@ class LabelIndex:
         self.query_prompt_name = query_prompt_name
         self.label_prompt_name = label_prompt_name
         self._faiss_index = None
+        self.approximate = None  # an ApproximateIndex (dexml_hf.ann) over the embeddings: build_approximate()
         self.memory = None
         if memory is not None:
             self.attach_memory(memory)
@@ -247,6 +249,8 @@ class LabelIndex:
         :mod:`dexml_hf.retrieval` (``λ·s + (1 − λ)·neighbour term``); otherwise the inner products ``s``.
         """
         q = self._prepare_queries(query_embeddings)
+        if self.approximate is not None and not (self.memory is not None and use_memory):
+            return self.approximate.search(q, k, exclude=exclude_to_csr(exclude, q.shape[0], len(self)))
         if self.memory is not None and use_memory:
             return search_with_memory(self, self.memory, q, k, exclude=exclude, query_chunk=query_chunk or 4096)
         if self.backend == "faiss":
@@ -350,6 +354,7 @@ class LabelIndex:
             "label_ids": self.label_ids,
             "texts": self.texts,
             "memory": self.memory.config_dict() if self.memory is not None else None,
+            "approximate": self.approximate.config_dict() if self.approximate is not None else None,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -363,6 +368,7 @@ class LabelIndex:
             self.memory.save(path)
         elif (path / MEMORY_FILE).is_file():
             (path / MEMORY_FILE).unlink()  # a stale memory of an earlier save must not look like this index's
+        self._save_approximate(path)
         with open(path / CONFIG_FILE, "w", encoding="utf-8") as f:
             json.dump(self.config_dict(), f, ensure_ascii=False)
         return path
@@ -376,10 +382,12 @@ class LabelIndex:
         repo_type: str = "model",
         backend: str = "torch",
         load_memory: bool = True,
+        load_approximate: bool = True,
     ) -> LabelIndex:
         """Load from a local folder written by :meth:`save`, or download it from a Hub repo id.
 
-        ``load_memory=False`` skips a saved retrieval memory (plain dual-encoder search, less memory)."""
+        ``load_memory=False`` skips a saved retrieval memory (plain dual-encoder search, less memory);
+        ``load_approximate=False`` a saved approximate index (exact search)."""
         from dexml_hf.io import read_safetensors
 
         path = Path(path_or_repo_id)
@@ -394,7 +402,12 @@ class LabelIndex:
                     revision=revision,
                     token=token,
                     repo_type=repo_type,
-                    allow_patterns=[EMBEDDINGS_FILE, CONFIG_FILE, *([MEMORY_FILE] if load_memory else [])],
+                    allow_patterns=[
+                        EMBEDDINGS_FILE,
+                        CONFIG_FILE,
+                        *([MEMORY_FILE, f"{MEMORY_APPROXIMATE_DIR}/*"] if load_memory else []),
+                        *([f"{APPROXIMATE_DIR}/*"] if load_approximate else []),
+                    ],
                 )
             )
         config_path = path / CONFIG_FILE
@@ -419,7 +432,7 @@ class LabelIndex:
             raise ValueError(
                 f"{config_path}: field n_labels={config['n_labels']} but embeddings have {emb.shape[0]} rows"
             )
-        return cls(
+        index = cls(
             emb,
             label_ids=config.get("label_ids"),
             texts=config.get("texts"),
@@ -431,6 +444,9 @@ class LabelIndex:
             label_prompt_name=config.get("label_prompt_name"),
             memory=RetrievalMemory.load(path, config["memory"]) if load_memory and config.get("memory") else None,
         )
+        if load_approximate and config.get("approximate"):
+            index._load_approximate(path)
+        return index
 
     def push_to_hub(
         self,
@@ -454,4 +470,61 @@ class LabelIndex:
                 repo_type=repo_type,
                 revision=revision,
                 commit_message=commit_message,
+            )
+
+    # ---- approximate search (dexml_hf.ann) ---------------------------------------------------------------------
+
+    def build_approximate(
+        self,
+        kind: str = "hnsw",
+        codes: str = "flat",
+        target_recall: float | None = None,
+        tune_queries=None,
+        tune_k: int = 100,
+        show_progress_bar: bool | None = None,
+        **params,
+    ):
+        """Build an :class:`~dexml_hf.ann.ApproximateIndex` over the label embeddings and search through it
+        (``self.approximate``; ``None`` restores exact search). Compressed ``codes`` are re-ranked exactly against
+        these embeddings (not copied). With ``target_recall``, ``efSearch`` / ``nprobe`` are tuned on
+        ``tune_queries`` (query embeddings, e.g. of validation documents) for recall@``tune_k`` against exact
+        search; the measured recall is saved with the index. ``params``: see :meth:`ApproximateIndex.build`.
+        The approximate index covers the labels as they are now: rebuild it after adding or removing labels."""
+        from dexml_hf.ann import ApproximateIndex
+
+        if target_recall is not None and tune_queries is None:
+            raise ValueError("target_recall needs tune_queries (query embeddings to measure recall on)")
+        self.approximate = ApproximateIndex.build(
+            self.embeddings,
+            kind=kind,
+            codes=codes,
+            vectors=self.embeddings,
+            show_progress_bar=show_progress_bar,
+            **params,
+        )
+        if target_recall is not None:
+            self.approximate.tune(
+                self._prepare_queries(tune_queries), tune_k, target_recall, show_progress_bar=show_progress_bar
+            )
+        return self.approximate
+
+    def _save_approximate(self, path: Path) -> None:
+        from dexml_hf.ann import ANN_CONFIG_FILE
+
+        folder = path / APPROXIMATE_DIR
+        if self.approximate is not None:
+            self.approximate.save(folder, include_vectors=False)  # re-ranking vectors = embeddings.safetensors
+        elif (folder / ANN_CONFIG_FILE).is_file():  # a stale one of an earlier save (only folders we wrote)
+            import shutil
+
+            shutil.rmtree(folder)
+
+    def _load_approximate(self, path: Path) -> None:
+        from dexml_hf.ann import ApproximateIndex
+
+        self.approximate = ApproximateIndex.load(path / APPROXIMATE_DIR, vectors=self.embeddings)
+        if len(self.approximate.ids) != len(self):
+            raise ValueError(
+                f"{path / APPROXIMATE_DIR}: the approximate index has {len(self.approximate.ids)} rows, the label "
+                f"index {len(self)}: rebuild it (index.build_approximate)"
             )
