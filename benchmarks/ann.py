@@ -16,7 +16,7 @@ the label embeddings it holds) is its own: ``exact`` is :meth:`LabelIndex.search
 and ``ivf`` are :meth:`LabelIndex.build_approximate` (:mod:`dexml_hf.ann`, faiss) tuned on the validation titles.
 Recall is measured against the exact ids of the same run.
 
-    python benchmarks/ann.py --quick                      # 50,000 labels, 3,000 base texts, 300 queries
+    python benchmarks/ann.py --quick                      # 30,000 labels, 2,000 base texts, 200 queries
     python benchmarks/ann.py --labels 1000000             # the 1M goal: recall@100 >= 0.99 at >= 20x exact
     python benchmarks/ann.py --labels 10000000 --dtype float16 --methods exact,ivf --codes sq8   # the 10M run
 
@@ -162,8 +162,8 @@ def child(method: str, work: Path, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="50,000 labels from 3,000 base texts, 300 queries")
-    parser.add_argument("--labels", type=int, default=None, help="N (default 1,000,000; quick 50,000)")
+    parser.add_argument("--quick", action="store_true", help="30,000 labels from 2,000 base texts, 200 queries")
+    parser.add_argument("--labels", type=int, default=None, help="N (default 1,000,000; quick 30,000)")
     parser.add_argument("--base-texts", type=int, default=None, help="real texts encoded (default 20,000)")
     parser.add_argument("--queries", type=int, default=None, help="test titles searched (default 1,000)")
     parser.add_argument("--tune-queries", type=int, default=None, help="validation titles for tuning (500)")
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--codes", default="flat", help="faiss codes of hnsw/ivf: flat, fp16, sq8, pq")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="label embeddings")
     parser.add_argument("--M", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=80)
+    parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4·√N)")
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--threads", type=int, default=None)
@@ -184,9 +184,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     quick = args.quick
-    args.labels = args.labels or (50_000 if quick else 1_000_000)
-    args.base_texts = args.base_texts or (3_000 if quick else 20_000)
-    args.queries = args.queries or (300 if quick else 1_000)
+    args.labels = args.labels or (30_000 if quick else 1_000_000)
+    args.base_texts = args.base_texts or (2_000 if quick else 20_000)
+    args.queries = args.queries or (200 if quick else 1_000)
     args.tune_queries = args.tune_queries or (200 if quick else 500)
     if args.child:
         print(json.dumps(child(args.child, Path(args.work), args)))
