@@ -236,3 +236,23 @@ def test_memory_knn_through_a_compressed_index_matches_exact(data, tmp_path):
     assert loaded.memory.approximate is not None and loaded.memory.approximate.recall == memory.approximate.recall
     np.testing.assert_array_equal(loaded.search(q, 5)[1], fused[1])
     np.testing.assert_allclose(loaded.search(q, 5)[0], fused[0], atol=1e-6)
+
+
+def test_evaluator_with_a_saved_index_searches_through_its_approximate_index(tiny_model, tmp_path):
+    from dexml_hf.evaluation import XMCEvaluator
+
+    words = ["apple", "river", "engine", "violin", "planet", "garden", "bridge", "winter", "copper", "forest"]
+    labels = [f"{a} {b}" for a in words for b in words[:6]]  # 60 labels
+    queries = [f"{a} question about {b}" for a, b in zip(words, words[::-1])]
+    truth = sp.csr_matrix((np.ones(10), (np.arange(10), np.arange(0, 60, 6))), shape=(10, 60))
+    index = LabelIndex.from_texts(tiny_model, labels)
+    exact_ids = XMCEvaluator(queries, labels, truth, index=index, ks=(1, 5)).compute_topk(tiny_model)[1]
+    index.build_approximate("hnsw", M=8)
+    index.approximate.remove(exact_ids[:, 0])  # the exact best labels: the approximate index can no longer return them
+    index.save(tmp_path / "idx")
+    loaded = LabelIndex.load(tmp_path / "idx")
+    ids = XMCEvaluator(queries, labels, truth, index=loaded, ks=(1, 5)).compute_topk(tiny_model)[1]
+    assert not np.isin(ids, exact_ids[:, 0]).any()
+    np.testing.assert_array_equal(
+        ids[:, :5], np.asarray([[i for i in row if i not in exact_ids[:, 0]][:5] for row in exact_ids])
+    )
