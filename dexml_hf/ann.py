@@ -230,6 +230,8 @@ class ApproximateIndex:
             vectors = emb
         if rerank is None:
             rerank = 10 if codes == "pq" else 4
+        if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 1:
+            raise ValueError(f"rerank must be a positive integer (candidates per result), got {rerank!r}")
         if not index.is_trained:
             rng = np.random.default_rng(seed)
             size = min(

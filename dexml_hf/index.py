@@ -250,7 +250,9 @@ class LabelIndex:
         """
         q = self._prepare_queries(query_embeddings)
         if self.approximate is not None and not (self.memory is not None and use_memory):
-            return self.approximate.search(q, k, exclude=exclude_to_csr(exclude, q.shape[0], len(self)))
+            return self.approximate.search(
+                q, min(k, len(self)), exclude=exclude_to_csr(exclude, q.shape[0], len(self))
+            )
         if self.memory is not None and use_memory:
             return search_with_memory(self, self.memory, q, k, exclude=exclude, query_chunk=query_chunk or 4096)
         if self.backend == "faiss":
