@@ -256,3 +256,22 @@ def test_evaluator_with_a_saved_index_searches_through_its_approximate_index(tin
     np.testing.assert_array_equal(
         ids[:, :5], np.asarray([[i for i in row if i not in exact_ids[:, 0]][:5] for row in exact_ids])
     )
+
+
+def test_pushed_index_brings_its_approximate_index_and_memory_knn(data, hub_repo_id):
+    x, q = data
+    labels = sp.random(N, 40, density=0.05, random_state=6, format="csr")
+    memory = RetrievalMemory(torch.from_numpy(x), labels, lam=0.6, k=8, temperature=0.1)
+    memory.build_approximate("hnsw", codes="fp16", M=8)
+    index = LabelIndex(_unit(np.random.default_rng(7).normal(size=(40, D))), normalized=True, memory=memory)
+    index.build_approximate("flat", codes="sq8")
+    index.approximate.remove([3])
+    index.push_to_hub(hub_repo_id)
+    loaded = LabelIndex.load(hub_repo_id)
+    assert loaded.approximate is not None and loaded.approximate.codes == "sq8" and len(loaded.approximate) == 39
+    assert loaded.memory.approximate is not None and loaded.memory.approximate.kind == "hnsw"
+    for use_memory in (True, False):
+        a, b = index.search(q, 5, use_memory=use_memory), loaded.search(q, 5, use_memory=use_memory)
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    assert 3 not in index.search(q, 39, use_memory=False)[1]
