@@ -31,7 +31,7 @@ from dexml_hf.encoding import encode_texts, model_name_of, prompt_name_for, reso
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr, labels_for_device
 from dexml_hf.io import ArrowColumn, atomic_folder, read_arrow_columns, write_arrow_columns
-from dexml_hf.retrieval import MEMORY_FILE, RetrievalMemory, search_with_memory
+from dexml_hf.retrieval import MEMORY_APPROXIMATE_DIR, MEMORY_FILE, RetrievalMemory, search_with_memory
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -265,7 +265,9 @@ class LabelIndex:
         """Top-``k`` by ``s(q, l)`` of prepared queries: the one place a search backend is chosen (the approximate
         backend when one is attached, faiss when asked, else the exact chunked search on :attr:`device`)."""
         if self.approximate is not None:
-            return self.approximate.search(q, k, exclude=exclude)
+            return self.approximate.search(
+                q, min(k, len(self)), exclude=exclude_to_csr(exclude, q.shape[0], len(self))
+            )
         if self.backend == "faiss":
             return self._search_faiss(q, k, exclude)
         budget = self.memory_budget
@@ -435,8 +437,8 @@ class LabelIndex:
             self.texts = _extend(self.texts, texts)
         if self.memory is not None:
             self.memory.remap_labels(np.arange(start), len(texts))
-        if self.approximate is not None:
-            self.approximate.add(emb)
+        if self.approximate is not None:  # appended rows: their positions are their ids in the approximate index
+            self.approximate.add(emb, ids=np.arange(start, len(self)), vectors=self.embeddings)
         self._faiss_index = None
         return np.arange(start, len(self), dtype=np.int64)
 
@@ -455,8 +457,8 @@ class LabelIndex:
             self.texts = _take(self.texts, keep)
         if self.memory is not None:
             self.memory.remap_labels(keep, 0)
-        if self.approximate is not None:
-            self.approximate.remove(positions)
+        if self.approximate is not None:  # positions moved up: rebuilt, so its ids stay the positions
+            self._rebuild_approximate()
         self._faiss_index = None
         return positions
 
@@ -485,7 +487,7 @@ class LabelIndex:
                 new[p] = t
             self.texts = new
         if self.approximate is not None:  # rows changed in place: the approximate index is rebuilt on them
-            self.approximate.build(self.embeddings)
+            self._rebuild_approximate()
         self._faiss_index = None
         return positions
 
@@ -506,7 +508,7 @@ class LabelIndex:
                 name for name, v in (("label_id", self.label_ids), ("text", self.texts)) if v is not None
             ],
             "memory": self.memory.config_dict() if self.memory is not None else None,
-            "approximate": getattr(self.approximate, "config_dict", dict)() if self.approximate is not None else None,
+            "approximate": self.approximate.config_dict() if self.approximate is not None else None,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -533,7 +535,7 @@ class LabelIndex:
                 elif step == "memory":
                     self.memory.save(tmp)
                 else:
-                    self.approximate.save(tmp / APPROXIMATE_DIR)
+                    self.approximate.save(tmp / APPROXIMATE_DIR, include_vectors=False)  # = embeddings
             with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
                 json.dump(self.config_dict(), f, ensure_ascii=False)
         return path
@@ -550,20 +552,23 @@ class LabelIndex:
         subfolder: str | None = None,
         device: torch.device | str | None = None,
         memory_budget: int | None = None,
+        load_approximate: bool = True,
     ) -> LabelIndex:
         """Load from a local folder written by :meth:`save`, or download it from the Hub.
 
         A Hub index is ``repo_id`` (the index at the repo's root) with ``subfolder`` (e.g. ``"label_index"`` in a
         model repo), or both in one string, ``user/model/label_index``; only the index's files are downloaded.
-        ``load_memory=False`` skips a saved retrieval memory (plain dual-encoder search, less memory). Label ids
-        and texts are memory-mapped from ``labels.feather`` (folders of format 1 and 2 keep them in the JSON)."""
+        ``load_memory=False`` skips a saved retrieval memory (plain dual-encoder search, less memory),
+        ``load_approximate=False`` a saved approximate index (exact search). Label ids and texts are memory-mapped from ``labels.feather`` (folders of format 1 and 2 keep them in the JSON)."""
         path = Path(path_or_repo_id)
         if subfolder:
             path = path / subfolder
         if path.exists() and not path.is_dir():
             raise FileNotFoundError(f"{path} is a file, not a LabelIndex folder")
         if not path.is_dir():
-            path = _download(str(path_or_repo_id), subfolder, revision, token, repo_type, load_memory)
+            path = _download(
+                str(path_or_repo_id), subfolder, revision, token, repo_type, load_memory, load_approximate
+            )
         config_path = path / CONFIG_FILE
         if not config_path.is_file() or not (path / EMBEDDINGS_FILE).is_file():
             raise FileNotFoundError(f"{path} lacks {CONFIG_FILE} or {EMBEDDINGS_FILE}; not a saved LabelIndex")
@@ -602,7 +607,8 @@ class LabelIndex:
             device=device,
             memory_budget=memory_budget,
         )
-        # an approximate backend (config["approximate"], files in APPROXIMATE_DIR) is loaded here by dexml_hf.ann
+        if load_approximate and config.get("approximate"):
+            index._load_approximate(path)
         return index
 
     def push_to_hub(
@@ -630,6 +636,72 @@ class LabelIndex:
                 repo_type=repo_type,
                 revision=revision,
                 commit_message=commit_message,
+            )
+
+    # ---- approximate search (dexml_hf.ann) ---------------------------------------------------------------------
+
+    def build_approximate(
+        self,
+        kind: str = "hnsw",
+        codes: str = "flat",
+        target_recall: float | None = None,
+        tune_queries=None,
+        tune_k: int = 100,
+        show_progress_bar: bool | None = None,
+        **params,
+    ):
+        """Build an :class:`~dexml_hf.ann.ApproximateIndex` over the label embeddings and search through it
+        (``self.approximate``; ``None`` restores exact search). Compressed ``codes`` are re-ranked exactly against
+        these embeddings (not copied). With ``target_recall``, ``efSearch`` / ``nprobe`` are tuned on
+        ``tune_queries`` (query embeddings, e.g. of validation documents) for recall@``tune_k`` against exact
+        search; the measured recall is saved with the index. ``params``: see :meth:`ApproximateIndex.build`.
+        Label changes keep it current: added labels are added to it, removals and updates rebuild it."""
+        from dexml_hf.ann import ApproximateIndex
+
+        if target_recall is not None and tune_queries is None:
+            raise ValueError("target_recall needs tune_queries (query embeddings to measure recall on)")
+        self.approximate = ApproximateIndex.build(
+            self.embeddings,
+            kind=kind,
+            codes=codes,
+            vectors=self.embeddings,
+            show_progress_bar=show_progress_bar,
+            **params,
+        )
+        if target_recall is not None:
+            self.approximate.tune(
+                self._prepare_queries(tune_queries), tune_k, target_recall, show_progress_bar=show_progress_bar
+            )
+        return self.approximate
+
+    def _rebuild_approximate(self) -> None:
+        """The approximate index again over the current rows, with its kind, codes and (tuned) parameters; the
+        recall measured before the change is kept, marked as measured on the earlier labels."""
+        from dexml_hf.ann import ApproximateIndex
+
+        old = self.approximate
+        params = {k: v for k, v in old.params.items() if k != "rerank"}
+        if old.kind == "ivf":
+            params["nlist"] = min(params["nlist"], len(self))
+        self.approximate = ApproximateIndex.build(
+            self.embeddings,
+            kind=old.kind,
+            codes=old.codes,
+            vectors=self.embeddings,
+            rerank=old.params["rerank"],
+            **params,
+        )
+        if old.recall is not None:
+            self.approximate.recall = {**old.recall, "measured_before_label_changes": True}
+
+    def _load_approximate(self, path: Path) -> None:
+        from dexml_hf.ann import ApproximateIndex
+
+        self.approximate = ApproximateIndex.load(path / APPROXIMATE_DIR, vectors=self.embeddings)
+        if len(self.approximate.ids) != len(self):
+            raise ValueError(
+                f"{path / APPROXIMATE_DIR}: the approximate index has {len(self.approximate.ids)} rows, the label "
+                f"index {len(self)}: rebuild it (index.build_approximate)"
             )
 
 
@@ -676,14 +748,20 @@ def _split_hub_id(repo_id: str, subfolder: str | None) -> tuple[str, str]:
     return repo, sub
 
 
-def _download(repo_id, subfolder, revision, token, repo_type, load_memory) -> Path:
+def _download(repo_id, subfolder, revision, token, repo_type, load_memory, load_approximate=True) -> Path:
     """Download only the index's files (and its approximate index) from a Hub repo; returns the local folder."""
     from huggingface_hub import snapshot_download
 
     repo, sub = _split_hub_id(repo_id, subfolder)
     prefix = f"{sub}/" if sub else ""
-    names = [EMBEDDINGS_FILE, CONFIG_FILE, LABELS_FILE, *([MEMORY_FILE] if load_memory else [])]
-    patterns = [prefix + name for name in names] + [f"{prefix}{APPROXIMATE_DIR}/*"]
+    names = [
+        EMBEDDINGS_FILE,
+        CONFIG_FILE,
+        LABELS_FILE,
+        *([MEMORY_FILE, f"{MEMORY_APPROXIMATE_DIR}/*"] if load_memory else []),
+    ]
+    names += [f"{APPROXIMATE_DIR}/*"] if load_approximate else []
+    patterns = [prefix + name for name in names]
     try:
         root = snapshot_download(repo, revision=revision, token=token, repo_type=repo_type, allow_patterns=patterns)
     except Exception as err:

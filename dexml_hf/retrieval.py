@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 MEMORY_FILE = "memory.safetensors"
+MEMORY_APPROXIMATE_DIR = "memory_approximate"  # the memory's ApproximateIndex files, when one is built
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: the grid :func:`tune_retrieval` searches by default (λ = 1 is the plain dual encoder, so it can win)
 DEFAULT_GRID: dict[str, tuple] = {
@@ -144,6 +145,7 @@ class RetrievalMemory:
         self.label_matrix = _binary_csr(label_matrix, self.embeddings.shape[0])
         self.set_params(lam, k, temperature)
         self.tuning = dict(tuning) if tuning else None
+        self.approximate = None  # an ApproximateIndex (dexml_hf.ann) for the kNN: build_approximate()
         self.to(device if device is not None else "cpu")
 
     def to(self, device: torch.device | str, memory_budget: int | None = None) -> RetrievalMemory:
@@ -253,6 +255,8 @@ class RetrievalMemory:
         (e.g. a training query itself). Places left empty have row ``-1`` and similarity ``-inf``.
         """
         k = self.k if k is None else int(k)
+        if self.approximate is not None:
+            return self.approximate.search(self._queries(query_embeddings), min(k, len(self)), exclude=exclude)
         budget = None if self.memory_budget is None else max(1, self.memory_budget // 2)
         sims, rows = chunked_topk(
             self._queries(query_embeddings),
@@ -290,6 +294,7 @@ class RetrievalMemory:
             "temperature": self.temperature,
             "label_matrix": "binary",
             "tuning": self.tuning,
+            "approximate": self.approximate.config_dict() if self.approximate is not None else None,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -299,6 +304,7 @@ class RetrievalMemory:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file(self.state_tensors(), str(path / MEMORY_FILE), metadata={"format": "dexml_hf.retrieval_memory"})
+        self._save_approximate(path)
         return path / MEMORY_FILE
 
     @classmethod
@@ -322,7 +328,7 @@ class RetrievalMemory:
                 f"{file}: {emb.shape[0]} embeddings / {len(indptr) - 1} label rows, but the config says {n} queries"
             )
         matrix = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(n, n_labels))
-        return cls(
+        memory = cls(
             emb,
             matrix,
             lam=config["lam"],
@@ -332,6 +338,54 @@ class RetrievalMemory:
             dtype=config.get("dtype", "float32"),
             tuning=config.get("tuning"),
         )
+        if config.get("approximate"):
+            from dexml_hf.ann import ApproximateIndex
+
+            memory.approximate = ApproximateIndex.load(Path(path) / MEMORY_APPROXIMATE_DIR, vectors=memory.embeddings)
+        return memory
+
+    # ---- approximate kNN (dexml_hf.ann) ------------------------------------------------------------------------
+
+    def build_approximate(
+        self,
+        kind: str = "hnsw",
+        codes: str = "flat",
+        target_recall: float | None = None,
+        tune_queries=None,
+        show_progress_bar: bool | None = None,
+        **params,
+    ):
+        """Find the neighbours through an :class:`~dexml_hf.ann.ApproximateIndex` over the memory embeddings
+        (``self.approximate``; ``None`` restores exact kNN), tuned for recall@``k`` on ``tune_queries`` when
+        ``target_recall`` is given. Compressed ``codes`` are re-ranked against the embeddings (not copied)."""
+        from dexml_hf.ann import ApproximateIndex
+
+        if target_recall is not None and tune_queries is None:
+            raise ValueError("target_recall needs tune_queries (query embeddings to measure recall on)")
+        self.approximate = ApproximateIndex.build(
+            self.embeddings,
+            kind=kind,
+            codes=codes,
+            vectors=self.embeddings,
+            show_progress_bar=show_progress_bar,
+            **params,
+        )
+        if target_recall is not None:
+            self.approximate.tune(
+                self._queries(tune_queries), self.k, target_recall, show_progress_bar=show_progress_bar
+            )
+        return self.approximate
+
+    def _save_approximate(self, path: Path) -> None:
+        from dexml_hf.ann import ANN_CONFIG_FILE
+
+        folder = path / MEMORY_APPROXIMATE_DIR
+        if self.approximate is not None:
+            self.approximate.save(folder, include_vectors=False)  # re-ranking vectors = memory.safetensors
+        elif (folder / ANN_CONFIG_FILE).is_file():  # a stale one of an earlier save (only folders we wrote)
+            import shutil
+
+            shutil.rmtree(folder)
 
 
 def neighbour_term(sims: np.ndarray, rows: np.ndarray, label_matrix: sp.csr_matrix, temperature: float):

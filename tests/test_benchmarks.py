@@ -17,9 +17,9 @@ from tests.conftest import PROJECT_ROOT, SHARED_DATA
 
 BENCHMARKS = PROJECT_ROOT / "benchmarks"
 #: The scripts the README and RESULTS.md quote; any other script in benchmarks/ is run as well.
-EXPECTED = ("accuracy", "throughput", "memory", "retrieval", "data_loading", "eurlex_negatives", "movielens")
+EXPECTED = ("accuracy", "throughput", "memory", "retrieval", "data_loading", "eurlex_negatives", "movielens", "ann")
 HELPERS = {"common"}  # importable helpers, not scripts
-NEEDS_DATA = {"accuracy", "data_loading", "eurlex_negatives", "eurlex_rae", "eval_length", "movielens"}
+NEEDS_DATA = {"accuracy", "ann", "data_loading", "eurlex_negatives", "eurlex_rae", "eval_length", "movielens"}
 TIMEOUT_S = 1800  # quick modes take minutes on 2 idle cores; the shared machine can be several times slower
 
 TABLE = re.compile(r"^\|.*\|[ \t]*\n\|[ \t]*:?-{3,}:?[ \t]*\|", re.MULTILINE)
@@ -32,7 +32,7 @@ def _scripts() -> list[str]:
 
 def _extra_args(name: str, tmp_path: Path) -> list[str]:
     """Keep the scripts' result files out of the checkout where a script lets us say where they go."""
-    if name in ("accuracy", "eurlex_rae", "eval_length"):
+    if name in ("accuracy", "ann", "eurlex_rae", "eval_length"):
         return ["--output", str(tmp_path / f"{name}_quick.json")]
     return []
 
@@ -94,6 +94,17 @@ def test_benchmark_quick_mode_runs_and_prints_a_table(name, tmp_path):
             d = report["details"][part]
             assert 0 < d["lam"] <= 1 and d["validation"]["n_queries"] == 500
             assert d["validation"]["value"] >= d["validation"]["dual_encoder_value"]
+    if name == "ann":
+        import json
+
+        report = json.loads((tmp_path / "ann_quick.json").read_text())
+        rows = {r["method"]: r for r in report["results"]}
+        assert list(rows) == ["exact", "hnsw (flat)", "ivf (flat)"]
+        assert rows["exact"]["recall@100"] == 1.0
+        for method in ("hnsw (flat)", "ivf (flat)"):  # tuned for recall@100 >= 0.99 on the validation titles
+            r = rows[method]
+            assert 0.97 <= r["recall@100"] <= 1.0 and 0.95 <= r["recall@10"] <= 1.0, r
+            assert r["tuned_recall@100"] >= 0.99 and r["qps"] > 0 and r["build_s"] > 0, r
 
 
 def test_gpu_smoke_cpu_mode_trains_resumes_and_searches(tmp_path):
