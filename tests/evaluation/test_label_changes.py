@@ -133,3 +133,31 @@ def test_bad_ids_are_refused_and_nothing_changes(tiny_model):
         plain.remove_labels([7])
     plain.remove_labels([0])
     assert plain.texts == LABELS[1:]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_label_changes_reach_the_approximate_index(tiny_model, tmp_path, kind):
+    """With an approximate index attached, add / remove / update give what an exact index on the same labels gives
+    (a tiny set: the approximate search is exhaustive here), saved and loaded with its folder."""
+    pytest.importorskip("faiss")
+    params = {"nlist": 2, "nprobe": 2} if kind == "ivf" else {"efSearch": 64}
+    index = LabelIndex.from_texts(tiny_model, LABELS, label_ids=IDS)
+    index.build_approximate(kind, **params)
+    index.add_labels(tiny_model, NEW, NEW_IDS)
+    index.remove_labels(["L1", "N1"])
+    index.update_labels(tiny_model, ["sourdough baking"], ["N0"])
+    index.save(tmp_path / "idx")
+    loaded = LabelIndex.load(tmp_path / "idx")
+    assert loaded.approximate is not None and loaded.approximate.kind == kind
+    exact = LabelIndex.from_texts(
+        tiny_model,
+        [t for t, i in zip(LABELS, IDS) if i != "L1"] + ["sourdough baking", "go concurrency"],
+        label_ids=[i for i in IDS if i != "L1"] + ["N0", "N2"],
+    )
+    q = exact.encode_queries(tiny_model, QUERIES + NEW)
+    for candidate in (index, loaded):
+        scores, ids = candidate.search(q, len(exact))
+        s2, i2 = exact.search(q, len(exact))
+        np.testing.assert_array_equal(ids, i2)
+        np.testing.assert_allclose(scores, s2, atol=1e-5)
+    assert list(loaded.label_ids) == list(exact.label_ids)
