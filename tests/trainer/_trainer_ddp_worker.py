@@ -3,6 +3,9 @@
 Unlike ``_dist_worker.py`` (which drives the loss code under a hand-made DDP wrapper), this runs the real Trainer:
 accelerate wraps the model in DDP with the trainer's own defaults and shards the batches across ranks. The model
 is used as a user would load it (its BERT pooler trainable and unused), so the DDP defaults are what is tested.
+BERT registers buffers (``position_ids``, ``token_type_ids``), and the 30 labels in chunks of 7 are split 3/2 between
+the ranks. (sentence-transformers sets ``ddp_broadcast_buffers=False``, so here DDP does not broadcast them; a wrapper
+that does is tested in tests/losses/test_distributed.py.)
 Rank 0 saves, per mode, the final parameters, the logged losses and the world size.
 """
 
@@ -64,6 +67,7 @@ def train_once(model_path: str, mode: str, output_dir: str, per_device_batch: in
         "world": int(args.world_size),
         "wrapper": type(wrapped).__name__,
         "find_unused_parameters": getattr(wrapped, "find_unused_parameters", None),
+        "buffers": sorted(n for n, _ in model.named_buffers()),
         "frozen": sorted(n for n, p in model.named_parameters() if not p.requires_grad),
     }
 

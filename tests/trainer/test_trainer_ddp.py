@@ -91,6 +91,7 @@ def test_two_process_trainer_matches_one_process(two_processes, single_process, 
     two, one = results[mode], single_process[mode]
     assert two["world"] == 2 and one["world"] == 1
     assert two["wrapper"] == "DistributedDataParallel"
+    assert "0.model.embeddings.position_ids" in two["buffers"]  # an encoder with registered buffers
     assert two["find_unused_parameters"] is (setting == "default")
     pooler = ["0.model.pooler.dense.bias", "0.model.pooler.dense.weight"]
     assert two["frozen"] == (pooler if setting == "false" else [])
@@ -107,6 +108,10 @@ def test_two_process_trainer_matches_one_process(two_processes, single_process, 
     for name in pooler:  # never in the loss's graph: no gradient, no update, in either run
         assert torch.equal(two["params"][name], start[name]) and torch.equal(one["params"][name], start[name])
     for name, reference in one["params"].items():
+        if name.endswith("attention.self.key.bias"):
+            # its gradient is 0 in exact arithmetic (b adds q·b to every score of a query, which the softmax
+            # cancels): AdamW turns the rounding noise of either run into steps of about the learning rate
+            continue
         update = (reference - start[name]).abs().max()
         torch.testing.assert_close(
             two["params"][name], reference, rtol=0, atol=max(1e-6, 1e-2 * float(update)), msg=name
