@@ -81,12 +81,15 @@ class _TestEvaluation(TrainerCallback):
         settings = args.effective_settings(state.max_steps, loss=self.trainer.loss)
         if self.trainer.is_world_process_zero():
             logger.warning("effective settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-        if args.evaluate_untrained and args.test_split and self.trainer.is_world_process_zero():
+        if args.evaluate_untrained and args.test_split:  # on every process: see on_train_end
             self.trainer.baseline_metrics = self.trainer.evaluate_test(build_index=False)
 
     def on_train_end(self, args, state, control, **kwargs):
         trainer = self.trainer
-        if args.test_split and trainer.is_world_process_zero():
+        if args.test_split:
+            # Every process evaluates (the same weights, the same numbers; rank 0 alone saves and prints). One that
+            # skipped it would sit in its next collective (for evaluate_untrained: the first training step) until
+            # rank 0 is done: on a long split, past ddp_timeout.
             trainer.test_metrics = trainer.evaluate_test(build_index=True)
 
 
@@ -389,7 +392,8 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             search_depth=args.top_k,
             write_csv=False,
         )
-        bars = not args.disable_tqdm  # encoding tens of thousands of texts on CPU takes minutes: show it
+        # encoding tens of thousands of texts on CPU takes minutes: show it (once, on the main process)
+        bars = not args.disable_tqdm and self.is_world_process_zero()
         index = LabelIndex.from_texts(
             self.model,
             evaluator.label_texts,

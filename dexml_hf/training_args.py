@@ -6,6 +6,7 @@ Every field carries ``metadata["help"]`` so that ``HfArgumentParser`` (and ``dex
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from sentence_transformers.sentence_transformer.training_args import (
@@ -22,6 +23,10 @@ __all__ = ["DEXMLTrainingArguments", "NEGATIVES_MODES", "POSITIVE_SAMPLING_MODES
 
 NEGATIVES_MODES = ("in_batch", "all", "all_cached", "hard")
 POSITIVE_SAMPLING_MODES = ("uniform", "relevance")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
 
 
 def _parse_topk_k(value) -> int | str:
@@ -299,6 +304,7 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             raise UsageError(f"top_k={self.top_k}: evaluation reports P@5, nDCG@5 and PSP@5, so it needs top_k >= 5")
         if self.negatives not in NEGATIVES_MODES:
             raise UsageError(f"negatives={self.negatives!r} is unknown; choose one of {', '.join(NEGATIVES_MODES)}")
+        self._validate_parallelism()
         if self.positive_sampling not in POSITIVE_SAMPLING_MODES:
             raise UsageError(
                 f"positive_sampling={self.positive_sampling!r} is unknown; choose one of "
@@ -399,6 +405,27 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             raise UsageError(f"num_train_epochs must be >= 0, got {self.num_train_epochs!r}")
         if self.weight_decay < 0 or self.warmup_steps < 0:
             raise UsageError("weight_decay and warmup_steps must be >= 0")
+
+    def _validate_parallelism(self) -> None:
+        """Data parallel (DDP) only. FSDP and DeepSpeed, asked for here or by ``accelerate launch`` (its environment
+        variables), are refused: the label index, test evaluation, hard-negative mining, the label cache and the
+        'all' engine's label passes run the model outside the Trainer's wrapper, where sharded weights are not whole,
+        and the engine's per-process number of backward passes differs. Nothing of it is tested under them."""
+        for name, asked in (
+            ("fsdp", bool(self.fsdp) or _env_flag("ACCELERATE_USE_FSDP")),
+            ("deepspeed", bool(self.deepspeed) or _env_flag("ACCELERATE_USE_DEEPSPEED")),
+        ):
+            if asked:
+                raise UsageError(
+                    f"{name}: DEXMLTrainer trains data-parallel (DDP) only; FSDP and DeepSpeed are not supported "
+                    f"(negatives={self.negatives!r} and the label index encode with the model outside their wrapper). "
+                    "Launch with DDP: recipes/accelerate_configs/ddp.yaml or torchrun"
+                )
+        if self.negatives == "all" and self.ddp_static_graph:
+            raise UsageError(
+                "ddp_static_graph=True with negatives='all': the all-label engine runs a different number of backward "
+                "passes on each process, which a static graph cannot follow; leave ddp_static_graph unset"
+            )
 
     def _world_size_known(self) -> bool:
         return "_n_gpu" in self.__dict__  # set by the upstream __post_init__

@@ -107,3 +107,32 @@ def test_corrupt_label_index_names_the_file(tmp_path, tiny_model, tiny_model_pat
     assert code == 1
     _one_line(err)
     assert name in err
+
+
+@pytest.mark.parametrize(
+    "argv,env,needles",
+    [
+        (["--fsdp", "full_shard"], {}, ["fsdp:", "DDP"]),
+        (["--deepspeed", "/nonexistent/ds_config.json"], {}, ["deepspeed:", "DDP"]),
+        ([], {"ACCELERATE_USE_FSDP": "true"}, ["fsdp:"]),  # accelerate launch with an FSDP config
+        ([], {"ACCELERATE_USE_DEEPSPEED": "true"}, ["deepspeed:"]),
+        (["--negatives", "all", "--ddp_static_graph", "true"], {}, ["ddp_static_graph", "negatives='all'"]),
+    ],
+)
+def test_unsupported_parallelism_refused(argv, env, needles, capsys, tmp_path, monkeypatch):
+    """FSDP / DeepSpeed (flags or accelerate's environment) and a static DDP graph for 'all': one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, err = _run(["train", *argv, "--model_name_or_path", MISSING_MODEL], capsys)
+    assert code == 2, err
+    _one_line(err)
+    for needle in needles:
+        assert needle in err
+
+
+def test_static_graph_is_accepted_outside_the_all_engine(tmp_path):
+    from dexml_hf.training_args import DEXMLTrainingArguments
+
+    args = DEXMLTrainingArguments(str(tmp_path), negatives="in_batch", ddp_static_graph=True, use_cpu=True)
+    assert args.ddp_static_graph is True

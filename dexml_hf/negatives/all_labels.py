@@ -23,6 +23,15 @@ Under ``torch.distributed`` the queries and positive pairs of all ranks are gath
 round-robin to the ranks, and the accumulators all-reduce their per-query statistics (``sync=True``), so every rank
 holds the statistics of the full label set; the query gradient is all-reduced.
 
+DDP. Ranks hold different numbers of label chunks, so every chunk pass (no-grad and replay) runs on the *unwrapped*
+module: a DDP forward may issue collectives (the buffer broadcast), and uneven counts of them would hang. The
+replays' parameter gradients accumulate locally, as under ``no_sync``; the one query replay per step runs through the
+wrapper, whose backward all-reduces (averages) the accumulated gradients once, on every rank alike; ``ddp_grad_factor``
+(the world size) undoes the averaging, since each rank holds a disjoint part of the global loss's gradient. DDP's
+``static_graph`` is refused: it expects as many backward passes on every rank and step as in its first one. A
+non-finite embedding raises ``FloatingPointError`` on every rank together: the query check runs on the gathered
+batch, and the label check is agreed by one all-reduce.
+
 Build it from a loss: ``loss.all_labels_engine(model, label_texts, preprocess, label_chunk_size, mini_batch_size,
 ddp_grad_factor)`` (= :meth:`AllLabelsLoss.from_loss`), then ``engine(query_features, positive_ids,
 label_matrix_rows=None, query_ids=None)`` returns the loss; ``backward()`` on it runs the gradient pass.
@@ -40,8 +49,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.distributed as dist
-from sentence_transformers.base.losses.gradcache import RandContext, _ddp_replay_context
+from sentence_transformers.base.losses.gradcache import RandContext
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from dexml_hf.losses import functional
@@ -101,7 +111,8 @@ class AllLabelsLoss:
     """Loss over every label for a batch of queries, computed chunk by chunk (see the module docstring).
 
     Args:
-        model: the (possibly DDP-wrapped) SentenceTransformer; called as ``model(features)``.
+        model: the (possibly DDP-wrapped) SentenceTransformer; called as ``model(features)``, the wrapper only for
+            the synchronised query replay (the other passes call the module inside it).
         label_texts: all label texts, any sequence supporting ``len`` and slicing (a list, a ``datasets`` column,
             or a lazy generator object for benchmarks).
         preprocess: turns a list of texts into model features (``SentenceTransformer.preprocess``).
@@ -153,7 +164,13 @@ class AllLabelsLoss:
             raise ValueError(f"mini_batch_size must be > 0 or None, got {mini_batch_size}")
         if max_positives is not None and max_positives <= 0:
             raise ValueError(f"max_positives must be > 0 or None, got {max_positives}")
+        if isinstance(model, DistributedDataParallel) and model.static_graph:
+            raise ValueError(
+                "the all-label engine runs a different number of backward passes on each process, which DDP's "
+                "static_graph=True cannot follow; wrap the model without it (ddp_static_graph=False)"
+            )
         self.model = model
+        self.module = model.module if isinstance(model, DistributedDataParallel) else model
         self.label_texts = label_texts
         self.preprocess = preprocess
         self.scale = float(scale)
@@ -222,29 +239,41 @@ class AllLabelsLoss:
         emb = emb.float()
         return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
-    def _check_finite(self, emb: Tensor, what: str, ids: Tensor | None = None) -> None:
-        if bool(torch.isfinite(emb).all()):
-            return
-        rows = (~torch.isfinite(emb)).any(dim=1).nonzero().flatten()
-        named = f"label ids {ids[rows.cpu()].tolist()[:10]}" if ids is not None else f"batch rows {rows.tolist()[:10]}"
+    def _raise_non_finite(self, what: str, named: str) -> None:
         raise FloatingPointError(
-            f"AllLabelsLoss ({self.loss}): NaN or inf in the {what} embeddings ({named}); refusing to return a non-finite loss. Check the inputs, the learning rate "
-            "(diverged weights) and fp16 overflow."
+            f"AllLabelsLoss ({self.loss}): NaN or inf in the {what} embeddings ({named}); refusing to return a "
+            "non-finite loss. Check the inputs, the learning rate (diverged weights) and fp16 overflow."
         )
+
+    def _check_queries(self, queries: Tensor) -> None:
+        """On the gathered batch (rows of the global batch), so that every rank raises together."""
+        if not bool(torch.isfinite(queries).all()):
+            rows = (~torch.isfinite(queries)).any(dim=1).nonzero().flatten()
+            self._raise_non_finite("query", f"batch rows {rows.tolist()[:10]}")
+
+    @staticmethod
+    def _non_finite_ids(emb: Tensor, start: int) -> list[int]:
+        """The label ids (up to 10) of a chunk starting at ``start`` whose embeddings are not finite."""
+        if bool(torch.isfinite(emb).all()):
+            return []
+        return (start + (~torch.isfinite(emb)).any(dim=1).nonzero().flatten()[:10]).tolist()
 
     # -- encoding helpers --------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.module.parameters()).device
 
     def _features(self, texts: list[str]) -> dict:
         device = self._device()
         feats = self.preprocess(list(texts))
         return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in feats.items()}
 
-    def _encode(self, features: dict, with_grad: bool, snapshot: bool) -> tuple[Tensor, RandContext | None]:
+    def _encode(
+        self, features: dict, with_grad: bool, snapshot: bool, wrapper: bool = False
+    ) -> tuple[Tensor, RandContext | None]:
+        """Embeddings through the module, or through the DDP wrapper (``wrapper``: the synchronised query replay)."""
         state = RandContext(*[v for v in features.values() if isinstance(v, Tensor)]) if snapshot else None
         with nullcontext() if with_grad else torch.no_grad():
-            emb = self.model(dict(features))["sentence_embedding"]
+            emb = (self.model if wrapper else self.module)(dict(features))["sentence_embedding"]
         return emb, state
 
     def _pieces(self, texts: list[str]) -> list[np.ndarray]:
@@ -319,7 +348,6 @@ class AllLabelsLoss:
             raise ValueError(f"positive label ids must lie in [0, {num_labels}); got {positive_ids.tolist()[:10]}")
 
         q_local, query_state = self._encode(query_features, with_grad=False, snapshot=grad_enabled)
-        self._check_finite(q_local, "query")
         q_local = self._prep(q_local)
         b_local = q_local.shape[0]
         rows_l, cols_l, kept_l = self._local_pairs(b_local, positive_ids, label_matrix_rows, query_ids)
@@ -334,6 +362,7 @@ class AllLabelsLoss:
         pos_rows, pos_cols = pairs[kept, 0], pairs[kept, 1]
         out_rows, out_cols = pairs[~kept, 0], pairs[~kept, 1]
         batch = queries.shape[0]
+        self._check_queries(queries)
 
         chunks = [
             (start, min(start + self.label_chunk_size, num_labels))
@@ -345,11 +374,14 @@ class AllLabelsLoss:
         cached: Tensor | None = None
         offsets = np.cumsum([0] + [end - start for start, end in chunks])
         chunk_states: list[list[RandContext | None]] = []
+        bad: list[int] = []  # label ids with a non-finite embedding on this rank
         for i, (start, end) in enumerate(
             tqdm(chunks, desc="all labels (no grad)", disable=not self.show_progress_bar)
         ):
             emb, states = self._encode_chunk(list(self.label_texts[start:end]), snapshot=grad_enabled)
-            self._check_finite(emb, "label", torch.arange(start, end))
+            bad = self._non_finite_ids(emb, start)
+            if bad:
+                break  # no collective inside this loop: the other ranks meet this one at the all-reduce below
             emb = self._prep(emb)
             chunk_states.append(states)
             scores = self.scale * queries @ emb.T  # (B, c) fp32
@@ -360,6 +392,15 @@ class AllLabelsLoss:
                 cached[offsets[i] : offsets[i + 1]] = emb
                 scores = scores.masked_fill(_chunk_mask(out_rows, out_cols, start, end, batch), -math.inf)
             accumulator.update(scores, positives)
+        first_bad = num_labels  # agreed by all ranks before any raises, so that none waits for the others
+        if world > 1:
+            flag = torch.tensor([bad[0] if bad else num_labels], device=device, dtype=torch.long)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            first_bad = int(flag)
+        if bad:
+            self._raise_non_finite("label", f"label ids {bad}")
+        if first_bad < num_labels:
+            self._raise_non_finite("label", f"label id {first_bad}, embedded by another process")
         if not chunks:  # more ranks than chunks: this rank scores nothing but joins the collectives
             accumulator.update(queries.new_zeros((batch, 0)), torch.zeros(batch, 0, dtype=torch.bool, device=device))
         if self.loss == "soft_topk":
@@ -409,7 +450,7 @@ class AllLabelsLoss:
                 for idx, state in zip(self._pieces(texts), states):
                     features = self._features([texts[i] for i in idx])
                     cols = torch.as_tensor(idx, device=grad_q.device)
-                    with _ddp_replay_context(self.model, synchronize=False), state or nullcontext():
+                    with state or nullcontext():  # the module, not the wrapper: no collective (see the docstring)
                         emb, _ = self._encode(features, with_grad=True, snapshot=False)
                         emb = self._prep(emb)
                         e = emb.detach()
@@ -420,8 +461,8 @@ class AllLabelsLoss:
                             emb.backward(g.T @ st.queries * factor)
             if world > 1:
                 dist.all_reduce(grad_q)
-            with _ddp_replay_context(self.model, synchronize=True), st.query_state or nullcontext():
-                q, _ = self._encode(query_features, with_grad=True, snapshot=False)
+            with st.query_state or nullcontext():  # through the wrapper: its backward all-reduces the gradients
+                q, _ = self._encode(query_features, with_grad=True, snapshot=False, wrapper=True)
                 q = self._prep(q)
                 if q.requires_grad:
                     q.backward(grad_q[st.query_slice] * factor)

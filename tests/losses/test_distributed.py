@@ -72,3 +72,41 @@ def test_all_label_engine_on_two_ranks_equals_one_process(tmp_path):
         for key, value in expected.items():
             if key != "loss":
                 torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
+
+
+def test_all_label_engine_with_buffers_and_uneven_chunks_under_ddp(tmp_path):
+    """An encoder with a registered buffer (DDP broadcasts it) and 3 label chunks over 2 ranks (6 and 3 encoder calls):
+    with the default DDP settings and with ``find_unused_parameters=True`` (the Trainer's for a SentenceTransformer),
+    two steps give the 1-process loss and gradients; ``static_graph=True`` is refused. A NaN embedding on one rank only raises FloatingPointError on both ranks (the
+    group's 30 s timeout turns a hang into a different error)."""
+    from tests.losses import _all_labels_buffers_worker as worker
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-m", "tests.losses._all_labels_buffers_worker", str(tmp_path)]
+    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=150)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(worker.WORLD)]
+    single = torch.load(tmp_path / "single.pt")
+    for setting in worker.DDP_SETTINGS:
+        for objective, expected in single.items():
+            steps = ranks[0][(setting, objective)]
+            assert len(steps) == worker.STEPS
+            assert expected["loss"].item() > 0.01
+            for got in steps:
+                msg = f"{setting} {objective}"
+                torch.testing.assert_close(got["losses"], expected["loss"].repeat(2), rtol=1e-5, atol=1e-6, msg=msg)
+                for key, value in expected.items():
+                    if key != "loss":  # what DDP left on rank 0 after averaging
+                        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=f"{msg}: {key}")
+    label = [r["nan_label"] for r in ranks]
+    assert [e["type"] for e in label] == ["FloatingPointError"] * 2, label
+    assert "label ids [9]" in label[1]["message"]  # the rank that embedded it names it
+    assert "label id 9, embedded by another process" in label[0]["message"]
+    query = [r["nan_query"] for r in ranks]
+    assert [e["type"] for e in query] == ["FloatingPointError"] * 2, query
+    row = worker.NAN_QUERY_RANK * worker.BATCH // worker.WORLD + 1  # row 1 of rank 1 in the global batch
+    assert all(f"query embeddings (batch rows [{row}])" in e["message"] for e in query), query
+    static = [r["static_graph"] for r in ranks]  # refused before any pass, on every rank
+    assert [e["type"] for e in static] == ["ValueError"] * 2 and "static_graph=True" in static[0]["message"], static
