@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -432,3 +433,20 @@ def adjust_pipeline(
         check_sequence_length(model, "max_seq_length", max_seq_length)
         model.max_seq_length = max_seq_length
     return model
+
+
+@contextmanager
+def hub_token_in_environment(token: str | None):
+    """``HF_TOKEN`` set to ``token`` for the duration (an upload the upstream code runs without a token argument)."""
+    if token is None:
+        yield
+        return
+    previous = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = previous

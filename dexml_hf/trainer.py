@@ -12,34 +12,30 @@
   the label cache (safetensors + JSON, nothing pickled) and a completion marker to each checkpoint before it is
   pushed or rotated (:mod:`dexml_hf.checkpoints`), so ``train(resume_from_checkpoint=...)`` continues exactly and
   never from a half-written checkpoint;
-- the whole job of ``dexml-hf train`` lives here: the test split evaluated before (optionally) and after training,
-  the label index of the final model saved beside it by ``save_model``, the DEXML model card
-  (:class:`~dexml_hf.model_card.DEXMLModelCardData`, filled by its callback) with the XMC metrics, and
-  ``push_to_hub`` publishing all of it.
+- callbacks do the rest: :class:`~dexml_hf.split_evaluation.TestSplitCallback` evaluates the test split before
+  (optionally) and after training and keeps the final label index, which ``save_model`` writes beside the model
+  with ``eval_results.json``; :class:`~dexml_hf.model_card.DEXMLModelCardCallback` fills the DEXML card with the
+  XMC metrics; ``push_to_hub`` publishes all of it. Multi-process checks live in :mod:`dexml_hf.parallel`.
   A ``hub_token`` is taken out of the arguments at construction, so no file ever holds it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 from sentence_transformers.base.sampler import BatchSamplers, NoDuplicatesBatchSampler
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.training_args import ParallelMode
 
 from dexml_hf import checkpoints
 from dexml_hf.checkpoints import EXTRA_FILES, NegativesState
 from dexml_hf.errors import DataError, UsageError
+from dexml_hf.hub import hub_token_in_environment
 from dexml_hf.losses.base import XMCLoss
 from dexml_hf.model_card import DEXMLModelCardCallback, DEXMLModelCardData
 from dexml_hf.model_options import prompt_for, training_prompts, training_text_columns, validate_for_training
@@ -48,13 +44,13 @@ from dexml_hf.negatives.epoch_rows import ROWS_FOLDER, EpochKeysBatchSampler, Ep
 from dexml_hf.negatives.hard_negatives import mine_shortlists, sample_from_shortlists
 from dexml_hf.negatives.label_cache import LabelEmbeddingCache
 from dexml_hf.negatives.sampler import NoDuplicateLabelsBatchSampler
+from dexml_hf.parallel import freeze_unused_poolers, refuse_unsynchronised_processes
+from dexml_hf.split_evaluation import TestSplitCallback, build_split_evaluator, evaluate_split, write_eval_results
 from dexml_hf.training_args import DEXMLTrainingArguments
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEXMLTrainer"]
-
-EVAL_RESULTS = "eval_results.json"
 
 
 class _EpochState(TrainerCallback):
@@ -69,58 +65,6 @@ class _EpochState(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer._rows is not None:
             self.trainer._rows.close()  # the per-epoch negatives files handed to the DataLoader workers
-
-
-class _TestEvaluation(TrainerCallback):
-    """Evaluates ``args.test_split`` before training (``evaluate_untrained``) and after it (the card's table)."""
-
-    def __init__(self, trainer: DEXMLTrainer) -> None:
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        settings = args.effective_settings(state.max_steps, loss=self.trainer.loss)
-        if self.trainer.is_world_process_zero():
-            logger.warning("effective settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-        if args.evaluate_untrained and args.test_split:  # on every process: see on_train_end
-            self.trainer.baseline_metrics = self.trainer.evaluate_test(build_index=False)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        if args.test_split:
-            # Every process evaluates (the same weights, the same numbers; rank 0 alone saves and prints). One that
-            # skipped it would sit in its next collective (for evaluate_untrained: the first training step) until
-            # rank 0 is done: on a long split, past ddp_timeout.
-            trainer.test_metrics = trainer.evaluate_test(build_index=True)
-
-
-def _freeze_unused_poolers(model) -> list[str]:
-    """Freeze the backbone poolers (BERT's ``pooler``) that the SentenceTransformer never reads; returns their names.
-
-    DDP defaults. A SentenceTransformer is not a ``PreTrainedModel``, so the HF Trainer wraps it with
-    ``find_unused_parameters=True``: DDP then searches each step's graph and tolerates parameters without a gradient,
-    such as BERT's pooler (computed by ``BertModel.forward`` but ignored by mean/CLS pooling, which read
-    ``last_hidden_state``). Every negatives mode works so (tests/trainer/test_trainer_ddp.py), including 'all', whose
-    many replay backwards run under ``no_sync`` (safe with unused-parameter search since torch 2.4). With
-    ``ddp_find_unused_parameters=False`` (no graph search, a little faster) DDP instead fails on the step after one
-    where a trainable parameter got no gradient, so the trainer freezes those poolers first; their weights, never
-    used, are saved unchanged.
-    """
-    frozen = []
-    for prefix, module in model.named_modules():
-        backbone = getattr(module, "model", None)
-        pooler = getattr(backbone, "pooler", None)
-        config = getattr(module, "modality_config", None)
-        if not isinstance(pooler, torch.nn.Module) or not isinstance(config, dict):
-            continue
-        if any(isinstance(c, dict) and c.get("method_output_name") == "pooler_output" for c in config.values()):
-            continue  # this backbone's embeddings come from its pooler: it is used
-        for name, param in pooler.named_parameters():
-            if param.requires_grad:
-                param.requires_grad_(False)
-                frozen.append(f"{prefix}.model.pooler.{name}".lstrip("."))
-    if frozen:
-        logger.info(f"ddp_find_unused_parameters=False: froze {len(frozen)} unused pooler parameters: {frozen}")
-    return frozen
 
 
 class DEXMLTrainer(SentenceTransformerTrainer):
@@ -173,7 +117,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         if not isinstance(args, DEXMLTrainingArguments):
             raise UsageError(f"args must be DEXMLTrainingArguments, got {type(args).__name__}")
         args._validate_dexml_fields()
-        _refuse_unsynchronised_processes(args)
+        refuse_unsynchronised_processes(args)
         # The token authenticates uploads only: out of the arguments before anything can serialise them.
         self._hub_token, args.hub_token = args.hub_token, None
         self.xmc: XMCDataset | None = train_dataset if isinstance(train_dataset, XMCDataset) else None
@@ -232,7 +176,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
 
         eval_xmc, eval_split = self._resolve_eval(eval_dataset)
         if evaluator is None and eval_xmc is not None:
-            evaluator = self._make_evaluator(eval_xmc, eval_split, args)
+            evaluator = build_split_evaluator(eval_xmc, eval_split, args)
         if eval_xmc is not None:
             eval_dataset = None
         if evaluator is not None and args.metric_for_best_model == "precision@1" and getattr(evaluator, "name", ""):
@@ -241,7 +185,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         if isinstance(loss, XMCLoss) and self.train_matrix is not None and loss.label_matrix is None:
             loss.set_label_matrix(self.train_matrix)
         if model is not None and args.world_size > 1 and args.ddp_find_unused_parameters is False:
-            _freeze_unused_poolers(model)
+            freeze_unused_poolers(model)
         # training rows get the prompts the index, evaluation and mining encode with (model_options)
         self._training_prompts = {}
         if model is not None:
@@ -264,7 +208,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             validate_for_training(self.model, args, self.loss, self.xmc.num_labels if self.xmc is not None else None)
         self._check_loss_for_mode()
         self.add_callback(_EpochState(self))
-        self.add_callback(_TestEvaluation(self))
+        self.add_callback(TestSplitCallback(self))
         self.add_callback(self.pop_callback(DEXMLModelCardCallback))  # last: it cards what the others produced
         if args.negatives == "all_cached":
             self._cache = LabelEmbeddingCache(
@@ -350,83 +294,17 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             return self.source_xmc, eval_dataset
         return None, None
 
-    @staticmethod
-    def _make_evaluator(xmc, split: str, args: DEXMLTrainingArguments, max_queries: int | None = None, **kwargs):
-        """The evaluator of ``split`` with the final evaluation's settings: the args' propensity A, B over the
-        dataset's training split (so PSP@k during training is the test one's) and ``top_k`` labels a query."""
-        from dexml_hf.factory import build_evaluator
-
-        if "inv_propensity" not in kwargs and "train" in xmc.label_matrices:
-            kwargs["inv_propensity"] = xmc.inv_propensity(args.propensity_a, args.propensity_b)
-        kwargs.setdefault("search_depth", args.top_k)
-        return build_evaluator(
-            xmc,
-            split,
-            query_text_mode=args.query_text_mode,
-            label_text_mode=args.label_text_mode,
-            max_queries=max_queries if max_queries is not None else args.eval_max_queries,
-            batch_size=args.encode_batch_size,
-            name=split,
-            **kwargs,
-        )
-
     def evaluate_test(self, build_index: bool = True) -> dict[str, float]:
-        """Exact top-k of ``args.test_split`` over every label with the current model; keeps the label index.
-
-        With ``args.retrieval_memory`` (and ``build_index``) the training queries become the index's retrieval memory,
-        λ, k and T are chosen on validation data (:func:`~dexml_hf.retrieval.tune_retrieval`), and the returned
-        metrics are the retrieval-augmented ones (``self.dual_encoder_metrics`` keeps the plain ones)."""
-        from dexml_hf.index import LabelIndex
-
-        args = self.args
-        xmc = self.source_xmc
-        inv_p = None
-        if "train" in xmc.label_matrices:
-            inv_p = xmc.inv_propensity(args.propensity_a, args.propensity_b)
-        evaluator = self._make_evaluator(
-            xmc,
-            args.test_split,
-            args,
-            max_queries=args.max_test_samples,
-            inv_propensity=inv_p,
-            search_depth=args.top_k,
-            write_csv=False,
-        )
-        # encoding tens of thousands of texts on CPU takes minutes: show it (once, on the main process)
-        bars = not args.disable_tqdm and self.is_world_process_zero()
-        index = LabelIndex.from_texts(
-            self.model,
-            evaluator.label_texts,
-            label_ids=xmc.labels["uid"],
-            batch_size=args.encode_batch_size,
-            show_progress_bar=bars,
-        )
-        queries = index.encode_queries(
-            self.model, evaluator.queries, batch_size=args.encode_batch_size, show_progress_bar=bars
-        )
-        _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
-        metrics = evaluator.compute_metrics(topk)
-        if build_index and args.retrieval_memory:
-            from dexml_hf.retrieval import capped_holdout, tune_retrieval
-
-            tune_retrieval(
-                self.model,
-                index,
-                xmc,
-                metric=args.retrieval_metric,
-                holdout=capped_holdout(args.retrieval_holdout, xmc.num_queries("train")),
-                seed=args.seed,
-                query_mode=args.query_text_mode,
-                batch_size=args.encode_batch_size,
-                inv_propensity=inv_p,
-                show_progress_bar=bars,
-            )
-            self.dual_encoder_metrics = metrics
-            _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
-            metrics = evaluator.compute_metrics(topk)
+        """Exact top-k of ``args.test_split`` with the current model (:func:`~dexml_hf.split_evaluation.evaluate_split`);
+        with ``build_index`` keeps the label index (and its tuned retrieval memory) and the plain dual-encoder metrics
+        in ``self.dual_encoder_metrics``."""
+        bars = not self.args.disable_tqdm and self.is_world_process_zero()  # minutes on CPU: show it, once
+        result = evaluate_split(self.model, self.source_xmc, self.args, build_index, show_progress_bar=bars)
         if build_index:
-            self.label_index = index
-        return metrics
+            self.label_index = result.index
+            if result.dual_encoder_metrics is not None:
+                self.dual_encoder_metrics = result.dual_encoder_metrics
+        return result.metrics
 
     # ------------------------------------------------------------------ per-epoch training rows
     def _begin_epoch(self, epoch: int) -> None:
@@ -530,19 +408,8 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         """The model and its card; into ``args.output_dir`` also the final label index and ``eval_results.json``."""
         super().save_model(output_dir, _internal_call=_internal_call)
         target = Path(output_dir or self.args.output_dir)
-        if not self.is_world_process_zero() or target.resolve() != Path(self.args.output_dir).resolve():
-            return
-        if self.label_index is not None:
-            self.label_index.save(target / "label_index")
-        if self.test_metrics is not None:
-            results = {"test_split": self.args.test_split, "metrics": self.test_metrics}
-            results["untrained_metrics"] = self.baseline_metrics
-            if self.dual_encoder_metrics is not None and self.label_index.memory is not None:
-                memory = self.label_index.memory
-                results["dual_encoder_metrics"] = self.dual_encoder_metrics
-                results["retrieval"] = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
-                results["retrieval"]["tuning"] = memory.tuning
-            (target / EVAL_RESULTS).write_text(json.dumps(results, indent=2), encoding="utf-8")
+        if self.is_world_process_zero() and target.resolve() == Path(self.args.output_dir).resolve():
+            write_eval_results(self, target)
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         super().init_hf_repo(token=token or self._hub_token, private=private)
@@ -556,7 +423,7 @@ class DEXMLTrainer(SentenceTransformerTrainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # The upstream checkpoint push reads args.hub_token, which stays None: lend the token to the Hub client
         # through its environment variable for the duration of the (awaited) upload, never to the arguments.
-        with _hub_token_in_environment(self._hub_token):
+        with hub_token_in_environment(self._hub_token):
             super()._push_from_checkpoint(checkpoint_folder)
             self._finish_current_push()
 
@@ -610,31 +477,3 @@ class DEXMLTrainer(SentenceTransformerTrainer):
             self._shortlists, self._shortlist_epoch = state.shortlists, state.shortlist_epoch
         if self._cache is not None and state.cache_embeddings is not None:
             self._cache.load_state_dict({"embeddings": state.cache_embeddings, "step": state.cache_step})
-
-
-@contextmanager
-def _hub_token_in_environment(token: str | None):
-    if token is None:
-        yield
-        return
-    previous = os.environ.get("HF_TOKEN")
-    os.environ["HF_TOKEN"] = token
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("HF_TOKEN", None)
-        else:
-            os.environ["HF_TOKEN"] = previous
-
-
-def _refuse_unsynchronised_processes(args: DEXMLTrainingArguments) -> None:
-    """Several processes that the Trainer would not run data-parallel would train independent models."""
-    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if (initialised or launched) and args.parallel_mode in (ParallelMode.NOT_PARALLEL, ParallelMode.NOT_DISTRIBUTED):
-        raise UsageError(
-            f"{os.environ.get('WORLD_SIZE', '?')} processes were launched but the Trainer would run them as "
-            f"{args.parallel_mode.value}, i.e. independent unsynchronised models; launch with a distributed "
-            "backend (torchrun, or accelerate launch with a multi-process config: recipes/accelerate_configs/)"
-        )
