@@ -91,7 +91,10 @@ class IndexArguments:
     tune_max_queries: int = field(
         default=1000, metadata={"help": "build --target_recall: at most this many tuning queries (seeded sample)"}
     )
-    query_text_mode: str = field(default="title", metadata={"help": "build --dataset: query text of tuning queries"})
+    query_text_mode: str = field(
+        default="title",
+        metadata={"help": "build --dataset: query text of the tuning queries (title, content, title_content, ...)"},
+    )
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
     model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
 
@@ -187,8 +190,12 @@ def _check_ann_params(args) -> dict[str, int]:
     """``--ann_params`` parsed and checked against what ``--approximate`` with ``--codes`` takes."""
     params = parse_ann_params(args.ann_params)
     if args.approximate:
-        from dexml_hf.ann import allowed_params
+        from dexml_hf.ann import _faiss, allowed_params
 
+        try:
+            _faiss()
+        except ImportError as err:
+            raise UsageError(f"--approximate: {err}") from None
         allowed = allowed_params(args.approximate, args.codes)
         wrong = sorted(set(params) - allowed)
         if wrong:
@@ -284,6 +291,14 @@ def main(argv: list[str]) -> int:
         _check_ann_params(args)  # bad options fail before any model is loaded
         if args.target_recall is not None and args.tune_queries is None and args.dataset is None:
             raise UsageError("--target_recall with --labels needs --tune_queries (a file of query texts, one a line)")
+        if args.query_text_mode != "title":
+            from dexml_hf.data.dataset import QUERY_TEXT_MODES
+
+            if args.target_recall is None or args.dataset is None or args.tune_queries is not None:
+                raise UsageError("--query_text_mode is the text of --dataset tuning queries: give --target_recall")
+            if args.query_text_mode not in QUERY_TEXT_MODES:
+                expected = ", ".join(QUERY_TEXT_MODES)
+                raise UsageError(f"--query_text_mode {args.query_text_mode!r}: expected one of {expected}")
         model = load_model(args.model, revision=args.model_revision)
         xmc = None
         if args.dataset:

@@ -148,16 +148,17 @@ def ann_dataset(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kind", "extra", "tuned"), [("ivf", ["--ann_params", "nlist=20"], "nprobe"), ("hnsw", [], "efSearch")]
+    ("kind", "extra", "tuned", "mode"),
+    [("ivf", ["--ann_params", "nlist=20"], "nprobe", "title"), ("hnsw", [], "efSearch", "wikipedia")],
 )
 def test_build_approximate_reaches_the_target_recall_measured_independently(
-    tiny_model_path, tiny_model, tmp_path, ann_dataset, capsys, kind, extra, tuned
+    tiny_model_path, tiny_model, tmp_path, ann_dataset, capsys, kind, extra, tuned, mode
 ):
     ds, folder = ann_dataset
     idx = tmp_path / "idx"
     argv = ["index", "build", "--model", str(tiny_model_path), "--dataset", str(folder), "--output", str(idx)]
     target = 0.9
-    opts = ["--approximate", kind, *extra, "--target_recall", str(target), "--tune_k", "10"]
+    opts = ["--approximate", kind, *extra, "--target_recall", str(target), "--tune_k", "10", "--query_text_mode", mode]
     assert main([*argv, *opts]) == 0
     out = capsys.readouterr().out
     assert (idx / "approximate" / "index.faiss").is_file()
@@ -169,7 +170,7 @@ def test_build_approximate_reaches_the_target_recall_measured_independently(
     exact = LabelIndex.load(idx, load_approximate=False)
     assert index.approximate is not None and exact.approximate is None
     assert index.approximate.params[tuned] == saved["recall"][tuned] == saved["params"][tuned]
-    q = exact.encode_queries(tiny_model, ds.query_texts("validation"))  # the tuning queries: the validation split
+    q = exact.encode_queries(tiny_model, ds.query_texts("validation", mode))  # the tuning queries: validation split
     recall = _recall(index.search(q, 10)[1], exact.search(q, 10)[1])
     assert recall >= target
     assert recall == pytest.approx(saved["recall"]["recall"], abs=1e-9)
@@ -226,6 +227,7 @@ def test_approximate_option_errors_are_one_line(tiny_model_path, tmp_path, capsy
         ([*base, "--codes", "sq8"], "--codes needs --approximate"),
         ([*base, "--approximate", "hnsw", "--target_recall", "0.9"], "needs --tune_queries"),
         ([*base, "--approximate", "hnsw", "--tune_k", "5"], "--tune_k needs --target_recall"),
+        ([*base, "--approximate", "hnsw", "--query_text_mode", "content"], "--query_text_mode is the text of"),
         ([*base, "--approximate", "hnsw", "--target_recall", "1.5"], "--target_recall must be in (0, 1]"),
         (["add", "--index", str(tmp_path), "--approximate", "hnsw"], "--approximate is an option of index build"),
     ]
@@ -234,3 +236,24 @@ def test_approximate_option_errors_are_one_line(tiny_model_path, tmp_path, capsy
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "it/s]" not in line]
         assert len(err) == 1 and message in err[0], err  # one line (beside the label embedding's progress bar)
     assert not (tmp_path / "idx").exists()
+
+
+def test_approximate_without_faiss_is_refused_before_any_work(tiny_model_path, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    labels = _jsonl(tmp_path / "l.jsonl", [{"id": "a", "text": "x"}])
+    argv = [
+        "index",
+        "build",
+        "--model",
+        str(tiny_model_path),
+        "--labels",
+        str(labels),
+        "--output",
+        str(tmp_path / "i"),
+    ]
+    assert main([*argv, "--approximate", "hnsw"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--approximate: approximate search needs faiss" in err[0]
+    assert not (tmp_path / "i").exists()
