@@ -197,7 +197,7 @@ def test_build_approximate_with_label_file_tune_queries_and_a_sample(tiny_model_
     assert saved["params"]["M"] == 8 and saved["params"]["efSearch"] == 40 and saved["recall"] is None
 
 
-def test_add_and_remove_keep_the_saved_approximate_index(tiny_model_path, tmp_path, ann_dataset):
+def test_add_update_remove_keep_the_saved_approximate_index(tiny_model_path, tmp_path, ann_dataset):
     _, folder = ann_dataset
     idx = tmp_path / "idx"
     argv = ["index", "build", "--model", str(tiny_model_path), "--dataset", str(folder), "--output", str(idx)]
@@ -207,6 +207,10 @@ def test_add_and_remove_keep_the_saved_approximate_index(tiny_model_path, tmp_pa
     assert main(["index", "add", *model, "--index", str(idx), "--labels", str(tmp_path / "new.tsv")]) == 0
     index = LabelIndex.load(idx)
     assert len(index.approximate) == len(index) == 402
+    (tmp_path / "changed.tsv").write_text("9002\tintegral calculus\n")
+    assert main(["index", "update", *model, "--index", str(idx), "--labels", str(tmp_path / "changed.tsv")]) == 0
+    index = LabelIndex.load(idx)
+    assert len(index.approximate) == len(index) == 402 and index.approximate.recall["measured_before_label_changes"]
     assert main(["index", "remove", "--index", str(idx), "--ids", "9001"]) == 0
     index = LabelIndex.load(idx)
     assert len(index.approximate) == len(index) == 401 and index.approximate.kind == "hnsw"
