@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANN_CONFIG_FILE", "ANN_INDEX_FILE", "ApproximateIndex", "recall_at_k"]
+__all__ = ["ANN_CONFIG_FILE", "ANN_INDEX_FILE", "ApproximateIndex", "allowed_params", "recall_at_k"]
 
 ANN_INDEX_FILE = "index.faiss"
 ANN_CONFIG_FILE = "ann.json"
@@ -62,6 +62,11 @@ _RERANK_BYTES = 64 * 2**20  # the gathered candidate vectors of one re-ranking b
 #: the search-time values :meth:`ApproximateIndex.tune` tries, smallest first
 _EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 _NPROBE_GRID = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
+
+
+def allowed_params(kind: str, codes: str) -> set[str]:
+    """The build parameters that ``kind`` with ``codes`` takes (a CLI checks them before any work)."""
+    return set(_DEFAULTS[kind]) | ({"pq_m", "pq_nbits"} if codes == "pq" else set())
 
 
 def _faiss():
@@ -187,7 +192,7 @@ class ApproximateIndex:
         n, d = emb.shape
         if n == 0:
             raise ValueError("cannot build an approximate index over zero rows")
-        allowed = set(_DEFAULTS[kind]) | ({"pq_m", "pq_nbits"} if codes == "pq" else set())
+        allowed = allowed_params(kind, codes)
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise ValueError(

@@ -647,6 +647,7 @@ class LabelIndex:
         target_recall: float | None = None,
         tune_queries=None,
         tune_k: int = 100,
+        tune_max_queries: int = 1000,
         show_progress_bar: bool | None = None,
         **params,
     ):
@@ -654,7 +655,7 @@ class LabelIndex:
         (``self.approximate``; ``None`` restores exact search). Compressed ``codes`` are re-ranked exactly against
         these embeddings (not copied). With ``target_recall``, ``efSearch`` / ``nprobe`` are tuned on
         ``tune_queries`` (query embeddings, e.g. of validation documents) for recall@``tune_k`` against exact
-        search; the measured recall is saved with the index. ``params``: see :meth:`ApproximateIndex.build`.
+        search (a seeded sample of at most ``tune_max_queries``); the measured recall is saved with the index. ``params``: see :meth:`ApproximateIndex.build`.
         Label changes keep it current: added labels are added to it, removals and updates rebuild it."""
         from dexml_hf.ann import ApproximateIndex
 
@@ -670,7 +671,11 @@ class LabelIndex:
         )
         if target_recall is not None:
             self.approximate.tune(
-                self._prepare_queries(tune_queries), tune_k, target_recall, show_progress_bar=show_progress_bar
+                self._prepare_queries(tune_queries),
+                tune_k,
+                target_recall,
+                max_queries=tune_max_queries,
+                show_progress_bar=show_progress_bar,
             )
         return self.approximate
 

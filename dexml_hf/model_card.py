@@ -221,6 +221,7 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
     baseline_metrics: dict[str, float] | None = None
     dual_encoder_metrics: dict[str, float] | None = None  # with a retrieval memory: the encoder alone
     retrieval: dict[str, Any] | None = None  # the memory's chosen lam, k, temperature
+    approximate_search: dict[str, Any] | None = None  # label_index.json's "approximate" entry (kind, params, recall)
     train_runtime: str | None = None
     model_selection: str | None = None
     effective_settings: dict[str, Any] | None = None
@@ -275,6 +276,35 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
             if not (key in _IGNORED_HYPERPARAMETERS or is_secret(key) or key.startswith("_"))
             and not (key in defaults and _plain(defaults[key]) == _plain(value))
         }
+
+    def set_label_index(self, index: Any) -> None:
+        """What the card says of the label index saved with the model: its approximate index, if it has one."""
+        approximate = getattr(index, "approximate", None)
+        self.approximate_search = None if approximate is None else _plain(approximate.config_dict())
+
+    def _approximate_section(self) -> dict[str, Any] | None:
+        """The approximate index's kind, codes, parameters and measured recall, formatted for the template."""
+        entry = self.approximate_search
+        if not entry:
+            return None
+        params = {k: v for k, v in (entry.get("params") or {}).items() if k != "rerank"}
+        out = {
+            "kind": entry["kind"],
+            "codes": entry.get("codes", "flat"),
+            "params": ", ".join(f"{k}={v}" for k, v in params.items()) or "no parameters",
+            "reranks": bool(entry.get("reranks")),
+            "recall": None,
+        }
+        recall = entry.get("recall")
+        if recall:
+            out["recall"] = {
+                "k": recall["k"],
+                "value": f"{recall['recall']:.4f}",
+                "target": recall.get("target_recall"),
+                "n_queries": f"{recall['n_queries']:,}",
+                "before_changes": bool(recall.get("measured_before_label_changes")),
+            }
+        return out
 
     # ------------------------------------------------------------------ rendering
     def _eval_results(self) -> list:
@@ -400,6 +430,7 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
                 extra_rows=(("dual encoder alone", self.dual_encoder_metrics),) if self.dual_encoder_metrics else (),
             ),
             "retrieval": self.retrieval,
+            "approximate": self._approximate_section(),
             "training_logs": rows,
             "training_log_columns": columns,
             "train_runtime": self.train_runtime,

@@ -406,6 +406,9 @@ class DEXMLTrainer(SentenceTransformerTrainer):
     # ------------------------------------------------------------------ saving and the Hub
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The model and its card; into ``args.output_dir`` also the final label index and ``eval_results.json``."""
+        card = getattr(self.model, "model_card_data", None)
+        if isinstance(card, DEXMLModelCardData):  # the card tells of the label index saved beside the model
+            card.set_label_index(self.label_index)
         super().save_model(output_dir, _internal_call=_internal_call)
         target = Path(output_dir or self.args.output_dir)
         if self.is_world_process_zero() and target.resolve() == Path(self.args.output_dir).resolve():

@@ -126,3 +126,54 @@ def test_recipe_cards_rendered_into_model_cards(recipe):
         assert f"--config recipes/{name}" in body or recipe.stem == "quickstart"
     else:
         assert f"--config recipes/{name}" in body and "Not yet measured" in body
+
+
+def test_card_shows_the_saved_approximate_index_and_its_recall(tiny_model_path, tiny_model, tmp_path):
+    """A model folder whose label_index/ has a tuned approximate index: its card (rendered from
+    ``label_index.json``'s "approximate" entry) names the kind, codes, parameters, recall@k and tuning queries."""
+    import json
+
+    from dexml_hf.cli import main
+    from dexml_hf.index import LabelIndex
+
+    pytest.importorskip("faiss")
+    folder = tmp_path / "model"
+    tiny_model.save(str(folder))
+    (tmp_path / "labels.txt").write_text("".join(f"topic {i} word{i % 7}\n" for i in range(120)))
+    (tmp_path / "q.txt").write_text("".join(f"about word{i % 7} and topic {i}\n" for i in range(30)))
+    argv = ["index", "build", "--model", str(folder), "--labels", str(tmp_path / "labels.txt")]
+    argv += ["--output", str(folder / "label_index"), "--approximate", "ivf", "--codes", "sq8"]
+    argv += ["--ann_params", "nlist=8", "--target_recall", "0.9", "--tune_k", "5", "--tune_queries"]
+    assert main([*argv, str(tmp_path / "q.txt")]) == 0
+    entry = json.loads((folder / "label_index" / "label_index.json").read_text())["approximate"]
+    recall = entry["recall"]
+
+    card = DEXMLModelCardData(approximate_search=entry)
+    text = card.render()
+    assert "### Approximate search" in text and "faiss `ivf`, `sq8`" in text and "re-ranked exactly" in text
+    assert f"nlist=8, nprobe={entry['params']['nprobe']}" in text
+    assert f"recall@5 against exact search: **{recall['recall']:.4f}** (target\n0.9) on 30 tuning queries" in text
+    # the same from the loaded index (what DEXMLTrainer.save_model does with its label index)
+    card = DEXMLModelCardData()
+    card.set_label_index(LabelIndex.load(folder / "label_index"))
+    assert card.render() == text
+    assert "Approximate search" not in DEXMLModelCardData().render()  # exact index: no such section
+
+
+def test_trainer_save_model_card_tells_of_its_label_index_approximate_index(tiny_model, tmp_path):
+    from dexml_hf.index import LabelIndex
+    from dexml_hf.trainer import DEXMLTrainer
+    from tests.trainer.test_trainer import _args, make_xmc
+
+    pytest.importorskip("faiss")
+    xmc = make_xmc(num_labels=60)
+    trainer = DEXMLTrainer(model=tiny_model, args=_args(tmp_path), train_dataset=xmc)
+    trainer.label_index = LabelIndex.from_texts(tiny_model, xmc.label_texts(), label_ids=list(xmc.labels["uid"]))
+    queries = trainer.label_index.encode_queries(tiny_model, xmc.query_texts("test"))
+    trainer.label_index.build_approximate("hnsw", target_recall=0.95, tune_queries=queries, tune_k=10, M=8)
+    trainer.save_model()
+    readme = (Path(trainer.args.output_dir) / "README.md").read_text()
+    recall = trainer.label_index.approximate.recall
+    assert "faiss `hnsw`, `flat`" in readme and f"**{recall['recall']:.4f}**" in readme
+    assert f"on {len(queries)} tuning queries" in readme
+    assert LabelIndex.load(Path(trainer.args.output_dir) / "label_index").approximate.recall == recall

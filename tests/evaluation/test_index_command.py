@@ -126,3 +126,138 @@ def test_errors_are_one_line(tiny_model_path, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert list(LabelIndex.load(idx).label_ids) == ["a", "b"]
+
+
+# ---- --approximate ---------------------------------------------------------------------------------------------
+
+
+def _recall(approx_ids, exact_ids) -> float:
+    """Mean fraction of each query's exact top-k found by the approximate top-k (computed here, not by dexml_hf)."""
+    return float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approx_ids.tolist(), exact_ids.tolist())]))
+
+
+@pytest.fixture
+def ann_dataset(tmp_path):
+    synthetic = pytest.importorskip("dexml_hf.data.synthetic")
+    pytest.importorskip("faiss")
+    from dexml_hf.data import save_to_folder
+
+    ds = synthetic.generate_synthetic_xmc(num_labels=400, num_train=20, num_test=10, num_validation=60, seed=0)
+    save_to_folder(ds, tmp_path / "ds-ann")
+    return ds, tmp_path / "ds-ann"
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "tuned", "mode"),
+    [("ivf", ["--ann_params", "nlist=20"], "nprobe", "title"), ("hnsw", [], "efSearch", "wikipedia")],
+)
+def test_build_approximate_reaches_the_target_recall_measured_independently(
+    tiny_model_path, tiny_model, tmp_path, ann_dataset, capsys, kind, extra, tuned, mode
+):
+    ds, folder = ann_dataset
+    idx = tmp_path / "idx"
+    argv = ["index", "build", "--model", str(tiny_model_path), "--dataset", str(folder), "--output", str(idx)]
+    target = 0.9
+    opts = ["--approximate", kind, *extra, "--target_recall", str(target), "--tune_k", "10", "--query_text_mode", mode]
+    assert main([*argv, *opts]) == 0
+    out = capsys.readouterr().out
+    assert (idx / "approximate" / "index.faiss").is_file()
+    saved = json.loads((idx / "label_index.json").read_text())["approximate"]
+    assert saved["kind"] == kind and saved["recall"]["n_queries"] == 60 and saved["recall"]["k"] == 10
+    assert f"recall@10 {saved['recall']['recall']:.4f}" in out
+
+    index = LabelIndex.load(idx)
+    exact = LabelIndex.load(idx, load_approximate=False)
+    assert index.approximate is not None and exact.approximate is None
+    assert index.approximate.params[tuned] == saved["recall"][tuned] == saved["params"][tuned]
+    q = exact.encode_queries(tiny_model, ds.query_texts("validation", mode))  # the tuning queries: validation split
+    recall = _recall(index.search(q, 10)[1], exact.search(q, 10)[1])
+    assert recall >= target
+    assert recall == pytest.approx(saved["recall"]["recall"], abs=1e-9)
+    if kind == "ivf":  # tuned below an exhaustive scan: the saved search is approximate, not exact
+        assert saved["params"]["nprobe"] < 20
+
+
+def test_build_approximate_with_label_file_tune_queries_and_a_sample(tiny_model_path, tmp_path, ann_dataset, capsys):
+    ds, _ = ann_dataset
+    (tmp_path / "labels.txt").write_text("\n".join(ds.label_texts()) + "\n")
+    (tmp_path / "q.txt").write_text("\n".join(ds.query_texts("train")) + "\n")
+    idx = tmp_path / "idx"
+    argv = ["index", "build", "--model", str(tiny_model_path), "--labels", str(tmp_path / "labels.txt")]
+    opts = ["--approximate", "ivf", "--codes", "sq8", "--ann_params", "nlist=16, nprobe=2", "--output", str(idx)]
+    tune = ["--target_recall", "0.8", "--tune_k", "5", "--tune_queries", str(tmp_path / "q.txt")]
+    assert main([*argv, *opts, *tune, "--tune_max_queries", "7"]) == 0
+    saved = json.loads((idx / "label_index.json").read_text())["approximate"]
+    assert saved["codes"] == "sq8" and saved["params"]["nlist"] == 16 and saved["reranks"]
+    assert saved["recall"]["n_queries"] == 7 and saved["recall"]["recall"] >= 0.8
+    # no --target_recall: built with the given parameters, nothing measured
+    assert main([*argv, "--approximate", "hnsw", "--ann_params", "M=8,efSearch=40", "--output", str(idx)]) == 0
+    assert "recall not measured" in capsys.readouterr().out
+    saved = json.loads((idx / "label_index.json").read_text())["approximate"]
+    assert saved["params"]["M"] == 8 and saved["params"]["efSearch"] == 40 and saved["recall"] is None
+
+
+def test_add_update_remove_keep_the_saved_approximate_index(tiny_model_path, tmp_path, ann_dataset):
+    _, folder = ann_dataset
+    idx = tmp_path / "idx"
+    argv = ["index", "build", "--model", str(tiny_model_path), "--dataset", str(folder), "--output", str(idx)]
+    assert main([*argv, "--approximate", "hnsw", "--target_recall", "0.9", "--tune_k", "10"]) == 0
+    (tmp_path / "new.tsv").write_text("9001\tbaking bread\n9002\tcalculus\n")
+    model = ["--model", str(tiny_model_path)]
+    assert main(["index", "add", *model, "--index", str(idx), "--labels", str(tmp_path / "new.tsv")]) == 0
+    index = LabelIndex.load(idx)
+    assert len(index.approximate) == len(index) == 402
+    (tmp_path / "changed.tsv").write_text("9002\tintegral calculus\n")
+    assert main(["index", "update", *model, "--index", str(idx), "--labels", str(tmp_path / "changed.tsv")]) == 0
+    index = LabelIndex.load(idx)
+    assert len(index.approximate) == len(index) == 402 and index.approximate.recall["measured_before_label_changes"]
+    assert main(["index", "remove", "--index", str(idx), "--ids", "9001"]) == 0
+    index = LabelIndex.load(idx)
+    assert len(index.approximate) == len(index) == 401 and index.approximate.kind == "hnsw"
+    assert index.approximate.recall["measured_before_label_changes"] is True
+
+
+def test_approximate_option_errors_are_one_line(tiny_model_path, tmp_path, capsys):
+    pytest.importorskip("faiss")
+    labels = _jsonl(tmp_path / "l.jsonl", [{"id": f"L{i}", "text": t} for i, t in enumerate(LABELS)])
+    base = ["build", "--model", str(tiny_model_path), "--labels", str(labels), "--output", str(tmp_path / "idx")]
+    cases = [
+        ([*base, "--approximate", "ivf", "--ann_params", "nlist=2,foo=3"], "unknown key 'foo'"),
+        ([*base, "--approximate", "ivf", "--ann_params", "nlist=two"], "nlist='two' is not a positive integer"),
+        ([*base, "--approximate", "ivf", "--ann_params", "nlist"], "'nlist' is not key=value"),
+        ([*base, "--approximate", "hnsw", "--ann_params", "nlist=2"], "nlist does not apply to --approximate hnsw"),
+        ([*base, "--approximate", "ivf", "--codes", "pq", "--ann_params", "nlist=2,pq_m=5"], "pq_m=5 must divide"),
+        ([*base, "--approximate", "annoy"], "invalid choice: 'annoy'"),
+        ([*base, "--codes", "sq8"], "--codes needs --approximate"),
+        ([*base, "--approximate", "hnsw", "--target_recall", "0.9"], "needs --tune_queries"),
+        ([*base, "--approximate", "hnsw", "--tune_k", "5"], "--tune_k needs --target_recall"),
+        ([*base, "--approximate", "hnsw", "--query_text_mode", "content"], "--query_text_mode is the text of"),
+        ([*base, "--approximate", "hnsw", "--target_recall", "1.5"], "--target_recall must be in (0, 1]"),
+        (["add", "--index", str(tmp_path), "--approximate", "hnsw"], "--approximate is an option of index build"),
+    ]
+    for argv, message in cases:
+        assert main(["index", *argv]) == 2, argv
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "it/s]" not in line]
+        assert len(err) == 1 and message in err[0], err  # one line (beside the label embedding's progress bar)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_approximate_without_faiss_is_refused_before_any_work(tiny_model_path, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    labels = _jsonl(tmp_path / "l.jsonl", [{"id": "a", "text": "x"}])
+    argv = [
+        "index",
+        "build",
+        "--model",
+        str(tiny_model_path),
+        "--labels",
+        str(labels),
+        "--output",
+        str(tmp_path / "i"),
+    ]
+    assert main([*argv, "--approximate", "hnsw"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--approximate: approximate search needs faiss" in err[0]
+    assert not (tmp_path / "i").exists()
