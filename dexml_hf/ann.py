@@ -253,6 +253,29 @@ class ApproximateIndex:
         out._check_vectors()
         return out
 
+    @classmethod
+    def build_tuned(
+        cls,
+        embeddings,
+        tune_queries=None,
+        tune_k: int = 100,
+        target_recall: float | None = None,
+        tune_max_queries: int = 1000,
+        show_progress_bar: bool | None = None,
+        **build_options,
+    ) -> ApproximateIndex:
+        """:meth:`build` over ``embeddings`` (re-ranked against them), then, with ``target_recall``, :meth:`tune` on
+        ``tune_queries`` (prepared like the rows: normalised for cosine) — what the label index and the retrieval
+        memory both do."""
+        if target_recall is not None and tune_queries is None:
+            raise ValueError("target_recall needs tune_queries (query embeddings to measure recall on)")
+        ann = cls.build(embeddings, vectors=embeddings, show_progress_bar=show_progress_bar, **build_options)
+        if target_recall is not None:
+            ann.tune(
+                tune_queries, tune_k, target_recall, max_queries=tune_max_queries, show_progress_bar=show_progress_bar
+            )
+        return ann
+
     @staticmethod
     def _factory_string(kind: str, codes: str, p: dict[str, Any]) -> str:
         storage = {"flat": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}.get(codes)

@@ -655,28 +655,23 @@ class LabelIndex:
         (``self.approximate``; ``None`` restores exact search). Compressed ``codes`` are re-ranked exactly against
         these embeddings (not copied). With ``target_recall``, ``efSearch`` / ``nprobe`` are tuned on
         ``tune_queries`` (query embeddings, e.g. of validation documents) for recall@``tune_k`` against exact
-        search (a seeded sample of at most ``tune_max_queries``); the measured recall is saved with the index. ``params``: see :meth:`ApproximateIndex.build`.
+        search (a seeded sample of at most ``tune_max_queries``); the measured recall is saved with the index.
+        ``params``: see :meth:`ApproximateIndex.build`.
         Label changes keep it current: added labels are added to it, removals and updates rebuild it."""
         from dexml_hf.ann import ApproximateIndex
 
-        if target_recall is not None and tune_queries is None:
-            raise ValueError("target_recall needs tune_queries (query embeddings to measure recall on)")
-        self.approximate = ApproximateIndex.build(
+        queries = None if tune_queries is None else self._prepare_queries(tune_queries)
+        self.approximate = ApproximateIndex.build_tuned(
             self.embeddings,
+            queries,
+            tune_k,
+            target_recall,
+            tune_max_queries,
+            show_progress_bar,
             kind=kind,
             codes=codes,
-            vectors=self.embeddings,
-            show_progress_bar=show_progress_bar,
             **params,
         )
-        if target_recall is not None:
-            self.approximate.tune(
-                self._prepare_queries(tune_queries),
-                tune_k,
-                target_recall,
-                max_queries=tune_max_queries,
-                show_progress_bar=show_progress_bar,
-            )
         return self.approximate
 
     def _rebuild_approximate(self) -> None:

@@ -155,7 +155,8 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host may still run (one we may not signal counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -190,7 +191,7 @@ def remove_stale_temp_folders(target: str | os.PathLike) -> list[Path]:
         return removed
     for entry in target.parent.iterdir():
         match = pattern.match(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(match.group(2))):
+        if match and entry.is_dir() and not entry.is_symlink() and not pid_alive(int(match.group(2))):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

@@ -360,20 +360,17 @@ class RetrievalMemory:
         ``target_recall`` is given. Compressed ``codes`` are re-ranked against the embeddings (not copied)."""
         from dexml_hf.ann import ApproximateIndex
 
-        if target_recall is not None and tune_queries is None:
-            raise ValueError("target_recall needs tune_queries (query embeddings to measure recall on)")
-        self.approximate = ApproximateIndex.build(
+        queries = None if tune_queries is None else self._queries(tune_queries)
+        self.approximate = ApproximateIndex.build_tuned(
             self.embeddings,
+            queries,
+            self.k,
+            target_recall,
+            show_progress_bar=show_progress_bar,
             kind=kind,
             codes=codes,
-            vectors=self.embeddings,
-            show_progress_bar=show_progress_bar,
             **params,
         )
-        if target_recall is not None:
-            self.approximate.tune(
-                self._queries(tune_queries), self.k, target_recall, show_progress_bar=show_progress_bar
-            )
         return self.approximate
 
     def _save_approximate(self, path: Path) -> None:

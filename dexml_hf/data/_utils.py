@@ -198,13 +198,9 @@ def _process_alive(record: dict) -> bool:
         return False  # a finished dataset in a temp name: the swap of an overwrite was interrupted
     if host != socket.gethostname():
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from dexml_hf.io import pid_alive
+
+    return pid_alive(pid)
 
 
 def clean_stale_temp(dst: str | os.PathLike) -> list[Path]:
