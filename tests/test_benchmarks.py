@@ -19,7 +19,16 @@ BENCHMARKS = PROJECT_ROOT / "benchmarks"
 #: The scripts the README and RESULTS.md quote; any other script in benchmarks/ is run as well.
 EXPECTED = ("accuracy", "throughput", "memory", "retrieval", "data_loading", "eurlex_negatives", "movielens", "ann")
 HELPERS = {"common"}  # importable helpers, not scripts
-NEEDS_DATA = {"accuracy", "ann", "data_loading", "eurlex_negatives", "eurlex_rae", "eval_length", "movielens"}
+NEEDS_DATA = {
+    "accuracy",
+    "ann",
+    "data_loading",
+    "eurlex_negatives",
+    "eurlex_rae",
+    "eval_length",
+    "movielens",
+    "zero_shot",
+}
 TIMEOUT_S = 1800  # quick modes take minutes on 2 idle cores; the shared machine can be several times slower
 
 TABLE = re.compile(r"^\|.*\|[ \t]*\n\|[ \t]*:?-{3,}:?[ \t]*\|", re.MULTILINE)
@@ -32,7 +41,7 @@ def _scripts() -> list[str]:
 
 def _extra_args(name: str, tmp_path: Path) -> list[str]:
     """Keep the scripts' result files out of the checkout where a script lets us say where they go."""
-    if name in ("accuracy", "ann", "eurlex_rae", "eval_length"):
+    if name in ("accuracy", "ann", "eurlex_rae", "eval_length", "zero_shot"):
         return ["--output", str(tmp_path / f"{name}_quick.json")]
     return []
 
