@@ -22,6 +22,7 @@ HELPERS = {"common"}  # importable helpers, not scripts
 NEEDS_DATA = {
     "accuracy",
     "ann",
+    "ann_eurlex",
     "data_loading",
     "eurlex_negatives",
     "eurlex_rae",
