@@ -29,7 +29,7 @@ import torch
 
 from dexml_hf.encoding import encode_texts, model_name_of, prompt_name_for, resolve_normalize
 from dexml_hf.errors import DataError, UsageError
-from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr, labels_for_device
+from dexml_hf.evaluation.topk import DeviceCopy, chunked_topk, exclude_to_csr
 from dexml_hf.io import ArrowColumn, atomic_folder, read_arrow_columns, write_arrow_columns
 from dexml_hf.retrieval import MEMORY_APPROXIMATE_DIR, MEMORY_FILE, RetrievalMemory, search_with_memory
 
@@ -145,7 +145,7 @@ class LabelIndex:
         self.label_prompt_name = label_prompt_name
         self.memory_budget = None if memory_budget is None else int(memory_budget)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self._on_device = None  # (cpu tensor, its copy for self.device)
+        self._on_device = DeviceCopy()
         self._faiss_index = None
         #: an approximate backend (``dexml_hf.ann``) with ``search/add/remove/save``: when set, :meth:`_topk` asks
         #: it instead of the exact search, and label changes and saves are passed on to it.
@@ -179,7 +179,7 @@ class LabelIndex:
         self.device = torch.device(device)
         if memory_budget is not None:
             self.memory_budget = int(memory_budget)
-        self._on_device = None
+        self._on_device = DeviceCopy()
         if self.memory is not None:
             self.memory.to(self.device, self.memory_budget)
         return self
@@ -286,11 +286,7 @@ class LabelIndex:
 
     def _labels_on_device(self) -> torch.Tensor:
         """The label embeddings for a search on :attr:`device` (a resident copy, cached, when they fit)."""
-        if self.device.type == "cpu":
-            return self.embeddings
-        if self._on_device is None or self._on_device[0] is not self.embeddings:
-            self._on_device = (self.embeddings, labels_for_device(self.embeddings, self.device, self.memory_budget))
-        return self._on_device[1]
+        return self._on_device.get(self.embeddings, self.device, self.memory_budget)
 
     def _prepare_queries(self, query_embeddings) -> torch.Tensor:
         """fp32 CPU ``(n, d)`` queries, L2-normalised when the index is."""

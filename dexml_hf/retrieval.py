@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dexml_hf.encoding import encode_texts, resolve_normalize
-from dexml_hf.evaluation.topk import chunked_topk, exclude_to_csr, labels_for_device
+from dexml_hf.evaluation.topk import DeviceCopy, chunked_topk, exclude_to_csr
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -153,15 +153,11 @@ class RetrievalMemory:
         of ``memory_budget``, default the device's free memory, else chunks are streamed). Returns ``self``."""
         self.device = torch.device(device)
         self.memory_budget = memory_budget
-        self._on_device = None
+        self._on_device = DeviceCopy()
         return self
 
     def _embeddings_on_device(self) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return self.embeddings
-        if self._on_device is None or self._on_device[0] is not self.embeddings:
-            self._on_device = (self.embeddings, labels_for_device(self.embeddings, self.device, self.memory_budget))
-        return self._on_device[1]
+        return self._on_device.get(self.embeddings, self.device, self.memory_budget)
 
     def remap_labels(self, keep: np.ndarray, n_new: int = 0) -> RetrievalMemory:
         """Keep the label columns ``keep`` (in that order) and append ``n_new`` empty ones: the memory follows

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +18,10 @@ import pytest
 import yaml
 
 from tests._models import build_tiny_bert
+from tests._ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +77,7 @@ def test_accelerate_two_cpu_processes_equal_one_process_on_the_global_batch(tmp_
     two = tmp_path / "two"
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-        "--main_process_port", str(_free_port()), "-m", "dexml_hf.cli", "train", "--config", str(recipe),
+        "--main_process_port", str(free_port()), "-m", "dexml_hf.cli", "train", "--config", str(recipe),
         "--output_dir", str(two), "--per_device_train_batch_size", "4", "--ddp_backend", "gloo",
     ]  # fmt: skip
     proc = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=600)
@@ -102,7 +96,7 @@ def test_unsynchronised_launch_is_refused(tmp_path, no_dropout_bert):
     recipe.write_text(text)
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-        "--main_process_port", str(_free_port()), "-m", "dexml_hf.cli", "train", "--config", str(recipe),
+        "--main_process_port", str(free_port()), "-m", "dexml_hf.cli", "train", "--config", str(recipe),
         "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
     proc = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=600)

@@ -83,6 +83,22 @@ def default_chunk_sizes(
     return query_chunk, label_chunk
 
 
+class DeviceCopy:
+    """A CPU tensor as a search on ``device`` reads it (:func:`labels_for_device`: a resident copy when it fits the
+    budget, else the CPU tensor to stream), made once and made again when the tensor is replaced."""
+
+    def __init__(self) -> None:
+        self._source: torch.Tensor | None = None
+        self._copy: torch.Tensor | None = None
+
+    def get(self, tensor: torch.Tensor, device: torch.device, memory_budget: int | None) -> torch.Tensor:
+        if device.type == "cpu":
+            return tensor
+        if self._source is not tensor:
+            self._source, self._copy = tensor, labels_for_device(tensor, device, memory_budget)
+        return self._copy
+
+
 def labels_for_device(labels: torch.Tensor, device: torch.device | str, memory_budget: int | None = None):
     """``labels`` as :func:`chunked_topk` should get them for a search on ``device``: moved there whole when they
     fit half of ``memory_budget`` (default: of the device's free memory), else left where they are, to be moved one

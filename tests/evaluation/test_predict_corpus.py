@@ -8,7 +8,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from dexml_hf.cli import main
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.index import LabelIndex
 from dexml_hf.predict import predict_corpus
+from tests._ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["python lists", "sql joins", "rust lifetimes", "baking bread", "linear algebra", "tax law", "jazz"]
@@ -338,12 +338,6 @@ def test_cli_corpus_end_to_end_and_one_line_errors(tiny_model_path, tiny_model, 
     _check_against_search(_read(out), tiny_model, index, texts, 4, ids=list(range(10)))  # untouched by the errors
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_launch_writes_the_one_process_bytes(tiny_model_path, tiny_model, index, tmp_path):
     index.save(tmp_path / "idx")
@@ -361,7 +355,7 @@ def test_two_process_launch_writes_the_one_process_bytes(tiny_model_path, tiny_m
         "--config_file",
         str(ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"),
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
     ]
     two = subprocess.run([*launch, *args, "--output", str(tmp_path / "two.jsonl")], env=_env(), capture_output=True,
                          text=True, timeout=300)  # fmt: skip

@@ -10,7 +10,6 @@ all 8 rows ('in_batch'), and the DDP-averaged gradients must match its gradients
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._ports import free_port
 from tests.trainer import _dist_worker as worker
 
 WORKER = Path(worker.__file__)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def two_process_run(tiny_model_path, tmp_path_factory):
         "--nproc_per_node=2",
         "--nnodes=1",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         str(WORKER),
         "--model",
         str(tiny_model_path),

@@ -8,7 +8,6 @@ with the same full shortlists, exactly those of :func:`mine_shortlists` in one p
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from tests._ports import free_port
 from tests.trainer import _mining_worker as worker
 
 WORKER = Path(worker.__file__)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +32,7 @@ def two_ranks(tiny_model_path, tmp_path_factory):
         "--nproc_per_node=2",
         "--nnodes=1",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         str(WORKER),
         "--model",
         str(tiny_model_path),

@@ -16,7 +16,6 @@ with ``ddp_find_unused_parameters=False``, where the trainer must freeze the unu
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,18 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._ports import free_port
 from tests.trainer import _trainer_ddp_worker as worker
 
 WORKER = Path(worker.__file__)
 ROOT = WORKER.parents[2]
 PER_DEVICE = 4
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +56,7 @@ def _torchrun(model_path: Path, out: Path, *extra: str) -> None:
         "--nproc_per_node=2",
         "--nnodes=1",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         str(WORKER),
         "--model",
         str(model_path),
