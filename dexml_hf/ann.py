@@ -95,7 +95,7 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int | None = None) -> float:
-    """Mean over queries of ``|approx top-k ∩ exact top-k| / |exact top-k|`` (``-1`` places ignored)."""
+    """``Σ_q |approx top-k ∩ exact top-k| / Σ_q |exact top-k|`` over the queries (``-1`` places ignored)."""
     approx_ids, exact_ids = np.asarray(approx_ids), np.asarray(exact_ids)
     if k is not None:
         approx_ids, exact_ids = approx_ids[:, :k], exact_ids[:, :k]

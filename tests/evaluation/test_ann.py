@@ -275,3 +275,13 @@ def test_pushed_index_brings_its_approximate_index_and_memory_knn(data, hub_repo
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_allclose(a[0], b[0], atol=1e-6)
     assert 3 not in index.search(q, 39, use_memory=False)[1]
+
+
+def test_recall_at_k_by_hand():
+    """The recall every threshold in this file rests on, on hand-counted cases (padding -1 ignored)."""
+    from dexml_hf.ann import recall_at_k
+
+    assert recall_at_k([[1, 2, -1]], [[2, 3, 4]]) == pytest.approx(1 / 3)
+    assert recall_at_k([[1, 2], [5, 6]], [[2, 1], [7, 8]]) == pytest.approx(2 / 4)
+    assert recall_at_k([[9, 1, 2]], [[1, 2, 3]], k=2) == pytest.approx(1 / 2)  # top-2: {9, 1} vs {1, 2}
+    assert recall_at_k([[1, -1]], [[1, -1]]) == 1.0

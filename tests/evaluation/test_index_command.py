@@ -207,14 +207,23 @@ def test_add_update_remove_keep_the_saved_approximate_index(tiny_model_path, tmp
     assert main(["index", "add", *model, "--index", str(idx), "--labels", str(tmp_path / "new.tsv")]) == 0
     index = LabelIndex.load(idx)
     assert len(index.approximate) == len(index) == 402
+    before = index.embeddings[401].clone()
     (tmp_path / "changed.tsv").write_text("9002\tintegral calculus\n")
     assert main(["index", "update", *model, "--index", str(idx), "--labels", str(tmp_path / "changed.tsv")]) == 0
     index = LabelIndex.load(idx)
     assert len(index.approximate) == len(index) == 402 and index.approximate.recall["measured_before_label_changes"]
+    assert not np.allclose(before.numpy(), index.embeddings[401].numpy())  # 9002 was re-embedded ...
+    query = index.embeddings[401:402]
+    scores, ids = index.approximate.search(query, 1)  # ... and the approximate index holds the new vector
+    assert ids[0, 0] == 401 and abs(scores[0, 0] - float(query[0] @ query[0])) < 1e-4
     assert main(["index", "remove", "--index", str(idx), "--ids", "9001"]) == 0
     index = LabelIndex.load(idx)
     assert len(index.approximate) == len(index) == 401 and index.approximate.kind == "hnsw"
     assert index.approximate.recall["measured_before_label_changes"] is True
+    assert "9001" not in [str(i) for i in index.label_ids]
+    _, ids = index.search(index.embeddings, len(index))  # every label as a query, every place: never 9001
+    returned = {str(index.label_ids[i]) for i in np.unique(ids[ids >= 0])}
+    assert "9001" not in returned and "9002" in returned
 
 
 def test_approximate_option_errors_are_one_line(tiny_model_path, tmp_path, capsys):

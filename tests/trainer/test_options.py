@@ -109,15 +109,16 @@ def test_label_text_rows_fill_the_field_the_query_mode_reads(tiny_model, tmp_pat
     xmc = make_xmc()
     args = _args(tmp_path, augment_with_label_texts=True, query_text_mode="content", negatives="all")
     xmc = xmc.__class__(
-        {s: q.map(lambda r: {"content": r["title"]}) for s, q in xmc.queries.items()},
+        {s: q.map(lambda r: {"content": "body of " + r["title"]}) for s, q in xmc.queries.items()},
         xmc.labels,
         xmc.label_matrices,
         name="toy",
     )
     trainer = DEXMLTrainer(model=tiny_model, args=args, train_dataset=xmc)
     queries = trainer.training_view(0)["query"]
-    assert queries[: xmc.num_queries("train")] == xmc.query_texts("train", "content")
     n = xmc.num_queries("train")
+    assert queries[:n] == xmc.query_texts("train", "content")
+    assert queries[:n] != xmc.query_texts("train", "title")  # the mode is read, not the title by default
     label_rows = trainer.xmc.label_matrices["train"][n:].indices  # each label's row, label order
     assert trainer.training_view(0)["query"][n:] == [xmc.label_texts()[i] for i in label_rows]
     assert all(q.strip() for q in queries)
