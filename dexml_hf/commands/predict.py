@@ -129,7 +129,7 @@ def main(argv: list[str]) -> int:
             f"index {args.index} holds {index.dim}-dim embeddings but model {args.model} makes "
             f"{model.get_embedding_dimension()}-dim ones"
         )
-    results = index.search_texts(model, texts, k=args.k)
+    results = index.search_texts(model, texts, k=args.k, batch_size=args.batch_size)
     for text, labels in zip(texts, results):
         if args.json:
             print(json.dumps({"text": text, "labels": labels}, ensure_ascii=False))

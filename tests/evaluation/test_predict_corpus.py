@@ -436,3 +436,21 @@ def test_a_saved_index_with_memory_mapped_labels_gives_the_same_output(tiny_mode
         predict_corpus(
             tiny_model, changed, corpus, partial, top_k=3, batch_size=8, rows_per_part=8, show_progress_bar=False
         )
+
+
+def test_cli_texts_mode_embeds_in_batches_of_batch_size(tiny_model_path, index, tmp_path, capsys, monkeypatch):
+    """``--batch_size`` reaches the encoder for texts given as arguments too (it was accepted and ignored)."""
+    from sentence_transformers import SentenceTransformer
+
+    index.save(tmp_path / "idx")
+    sizes = []
+    original = SentenceTransformer.encode
+
+    def spy(self, sentences, *args, **kwargs):
+        sizes.append(kwargs.get("batch_size"))
+        return original(self, sentences, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "encode", spy)
+    argv = ["predict", "--model", str(tiny_model_path), "--index", str(tmp_path / "idx"), "--batch_size", "3"]
+    assert main([*argv, "tax law", "jazz", "bread"]) == 0
+    assert sizes == [3]
