@@ -51,7 +51,10 @@ __all__ = [
 
 NEGATIVES_STATE = "dexml_negatives"  # .json (scalars) + .safetensors (arrays)
 CHECKPOINT_COMPLETE = "dexml_checkpoint_complete.json"
-EXTRA_FILES = frozenset({f"{NEGATIVES_STATE}.json", f"{NEGATIVES_STATE}.safetensors", CHECKPOINT_COMPLETE})
+CHECKPOINT_STARTED = "dexml_checkpoint_started.json"  # ours: only such a folder, never completed, is ever deleted
+EXTRA_FILES = frozenset(
+    {f"{NEGATIVES_STATE}.json", f"{NEGATIVES_STATE}.safetensors", CHECKPOINT_COMPLETE, CHECKPOINT_STARTED}
+)
 
 
 @dataclass
@@ -108,8 +111,12 @@ def is_complete(folder: str | Path) -> bool:
 
 
 def unmark(folder: str | Path) -> None:
-    """A step saved again (a resumed run reaching an old step) is incomplete until it is written in full again."""
-    (Path(folder) / CHECKPOINT_COMPLETE).unlink(missing_ok=True)
+    """Before a checkpoint is written: the folder is marked as this package's, and a step saved again (a resumed
+    run reaching an old step) is incomplete until it is written in full again."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CHECKPOINT_COMPLETE).unlink(missing_ok=True)
+    (folder / CHECKPOINT_STARTED).write_text("{}", encoding="utf-8")
 
 
 def mark_complete(folder: str | Path, global_step: int) -> None:
@@ -151,15 +158,16 @@ def checkpoint_to_resume(output_dir: str | Path, resume: str | bool) -> str:
 
 
 def rotate_checkpoints(run_dir: str | Path, limit: int | None, best: str | None, current: str | Path) -> None:
-    """Upstream's ``save_total_limit`` rotation, once ``current`` is complete; incomplete checkpoints (never
+    """Upstream's ``save_total_limit`` rotation, once ``current`` is complete; incomplete checkpoints of ours (never
     resumable: left by a killed run) go first, so the newest one upstream keeps is a complete one."""
     if limit is None or limit <= 0:
         return
     folders = checkpoint_folders(run_dir)
     if len(folders) <= limit:
         return
-    for folder in folders:
-        if folder.name != Path(current).name and not is_complete(folder):
+    for folder in folders:  # only folders this package started writing; other trainers' are upstream's to rotate
+        ours = (folder / CHECKPOINT_STARTED).is_file()
+        if folder.name != Path(current).name and ours and not is_complete(folder):
             logger.info(f"deleting incomplete checkpoint {folder} (save_total_limit={limit})")
             shutil.rmtree(folder, ignore_errors=True)
     _upstream_rotate_checkpoints(str(run_dir), limit, best_model_checkpoint=best, use_mtime=True)

@@ -22,7 +22,7 @@ def freeze_unused_poolers(model) -> list[str]:
     ``find_unused_parameters=True``: DDP then searches each step's graph and tolerates parameters without a gradient,
     such as BERT's pooler (computed by ``BertModel.forward`` but ignored by mean/CLS pooling, which read
     ``last_hidden_state``). Every negatives mode works so (tests/trainer/test_trainer_ddp.py), including 'all', whose
-    many replay backwards run under ``no_sync`` (safe with unused-parameter search since torch 2.4). With
+    label passes run on the unwrapped module and only the query replay goes through the wrapper. With
     ``ddp_find_unused_parameters=False`` (no graph search, a little faster) DDP instead fails on the step after one
     where a trainable parameter got no gradient, so the trainer freezes those poolers first; their weights, never
     used, are saved unchanged.

@@ -341,8 +341,13 @@ class DEXMLTrainer(SentenceTransformerTrainer):
 
     def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         """Seeded per-epoch order; with an XMCDataset, no sampled positive label twice in a batch (if asked)."""
-        if self.xmc is None:
-            if self.args.avoid_duplicate_labels_in_batch and self.args.batch_sampler == BatchSamplers.BATCH_SAMPLER:
+        if not isinstance(dataset, EpochRowsDataset):  # ready-made rows, or an eval/test dataset: upstream's
+            training_rows = self.xmc is None and dataset is self.train_dataset
+            if (
+                training_rows
+                and self.args.avoid_duplicate_labels_in_batch
+                and self.args.batch_sampler == BatchSamplers.BATCH_SAMPLER
+            ):
                 # ready-made rows: the same promise through upstream's sampler (no text, so no positive, twice)
                 return NoDuplicatesBatchSampler(
                     dataset, batch_size, drop_last, valid_label_columns, generator=generator, seed=seed
@@ -467,7 +472,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         """Upstream ``train``; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint in output_dir."""
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:  # the per-epoch negatives files for DataLoader workers, also when training fails
+            if self._rows is not None:
+                self._rows.close()
 
     def _checkpoint_to_resume(self, resume: str | bool) -> str:
         return checkpoints.checkpoint_to_resume(self.args.output_dir, resume)

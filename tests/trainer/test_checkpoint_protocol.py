@@ -128,9 +128,11 @@ def test_kill_while_writing_the_label_cache_with_save_total_limit_1_resumes(tiny
     assert checkpoints.is_complete(killed / "checkpoint-8")
 
 
-def _checkpoint(root, step, complete):
+def _checkpoint(root, step, complete, ours=True):
     folder = root / f"checkpoint-{step}"
     folder.mkdir(parents=True)
+    if ours:
+        checkpoints.unmark(folder)  # what _save_checkpoint does first
     (folder / "trainer_state.json").write_text("{}")
     if complete:
         checkpoints.mark_complete(folder, step)
@@ -150,6 +152,16 @@ def test_rotation_with_limit_1_keeps_the_complete_checkpoint(tmp_path):
     assert [p.name for p in checkpoints.checkpoint_folders(tmp_path / "upstream")] == ["checkpoint-6"]
     checkpoints.rotate_checkpoints(tmp_path / "ours", 1, None, current=tmp_path / "ours" / "checkpoint-4")
     assert [p.name for p in checkpoints.checkpoint_folders(tmp_path / "ours")] == ["checkpoint-4"]
+
+
+def test_rotation_never_deletes_a_checkpoint_another_trainer_wrote(tmp_path):
+    """A newer checkpoint of a plain Trainer run in the same output_dir has no DEXML markers: not ours to delete as
+    incomplete; upstream's rotation keeps the newest ``limit``."""
+    _checkpoint(tmp_path, 2, complete=True)
+    _checkpoint(tmp_path, 4, complete=True)
+    _checkpoint(tmp_path, 6, complete=False, ours=False)
+    checkpoints.rotate_checkpoints(tmp_path, 2, None, current=tmp_path / "checkpoint-4")
+    assert [p.name for p in checkpoints.checkpoint_folders(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
 
 
 def test_rotation_keeps_everything_within_the_limit(tmp_path):

@@ -192,3 +192,19 @@ def test_the_card_is_filled_by_its_callback_only(tiny_model, tmp_path):
 def test_top_k_below_the_reported_cutoffs_is_refused(tmp_path):
     with pytest.raises(UsageError, match="top_k=3: evaluation reports P@5"):
         _args(tmp_path, top_k=3)
+
+
+def test_an_eval_dataset_beside_xmc_training_gets_upstreams_sampler(tiny_model, tmp_path):
+    """Upstream asks get_batch_sampler for eval/test dataloaders too: a plain dataset there must not get the training
+    rows' epoch keys (out of its range) nor the training positives."""
+    import datasets
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+
+    from dexml_hf.negatives.epoch_rows import EpochKeysBatchSampler
+
+    trainer = DEXMLTrainer(model=tiny_model, args=_args(tmp_path), train_dataset=make_xmc())
+    other = datasets.Dataset.from_dict({"anchor": ["a", "b", "c"], "positive": ["x", "y", "z"]})
+    sampler = trainer.get_batch_sampler(other, 2, False, seed=0)
+    assert isinstance(sampler, DefaultBatchSampler)
+    assert sorted(i for b in sampler for i in b) == [0, 1, 2]
+    assert isinstance(trainer.get_batch_sampler(trainer.train_dataset, 2, False, seed=0), EpochKeysBatchSampler)
