@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -181,17 +182,29 @@ def _exchange(a: Path, b: Path) -> bool:
     return False
 
 
+def _host_tag() -> str:
+    """This host's name as it goes into a temp folder's name (characters other than letters, digits, ``.``, ``_``
+    and ``-`` become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"
+
+
 def remove_stale_temp_folders(target: str | os.PathLike) -> list[Path]:
     """Remove the temp folders a killed :func:`atomic_folder` left beside ``target``: only folders named
-    ``.<target>.dexml_hf-(tmp|old)-<pid>-<uuid>`` whose process is gone. Returns what was removed."""
+    ``.<target>.dexml_hf-(tmp|old)-<host>-<pid>-<uuid>`` made on this host by a process that is gone. A pid says
+    nothing about another host (a shared filesystem), so another host's temp folder is never removed, whatever
+    its age (a write of a large index may take hours; a crashed host's leftovers are for a person to remove), nor
+    is one named without a host. Returns what was removed."""
     target = Path(target).absolute()
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.{_TEMP_TAG}-(tmp|old)-(\d+)-[0-9a-f]{{32}}$")
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.{_TEMP_TAG}-(tmp|old)-(.+)-(\d+)-[0-9a-f]{{32}}$")
     removed = []
     if not target.parent.is_dir():
         return removed
+    host = _host_tag()
     for entry in target.parent.iterdir():
         match = pattern.match(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and not pid_alive(int(match.group(2))):
+        if not match or match.group(2) != host or not entry.is_dir() or entry.is_symlink():
+            continue
+        if not pid_alive(int(match.group(3))):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
@@ -214,9 +227,10 @@ def atomic_folder(target: str | os.PathLike, replaceable: Callable[[Path], bool]
     place in one rename (an existing ``target`` is swapped out and deleted), on error it is removed.
 
     A kill at any moment leaves the old folder or the new one at ``target`` (with Linux's ``renameat2``; elsewhere
-    two renames, with a moment where ``target`` is absent). Temp folders of killed writes are removed by the next
-    write to the same target. An existing ``target`` is replaced only if it is empty or ``replaceable(target)``
-    (e.g. it holds the package's own files): a folder of someone else's is never deleted.
+    two renames, with a moment where ``target`` is absent). Temp folders of killed writes on this host are removed
+    by the next write to the same target (see :func:`remove_stale_temp_folders`). An existing ``target`` is
+    replaced only if it is empty or ``replaceable(target)`` (e.g. it holds the package's own files): a folder of
+    someone else's is never deleted.
     """
     target = Path(target).absolute()
     if target.exists() and not target.is_dir():
@@ -225,7 +239,7 @@ def atomic_folder(target: str | os.PathLike, replaceable: Callable[[Path], bool]
         raise UsageError(f"{target} is a non-empty folder this package did not write; refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_folders(target)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex}"
+    tag = f"{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex}"
     tmp = target.parent / f".{target.name}.{_TEMP_TAG}-tmp-{tag}"
     tmp.mkdir()
     try:
