@@ -132,40 +132,45 @@ def build_parser():
 
 
 def read_label_file(path: str | Path) -> tuple[list[str], list | None]:
-    """``(texts, ids or None)`` of a label file (see the module doc); a bad line is a ``DataError`` naming it."""
+    """``(texts, ids or None)`` of a label file (see the module doc); a bad line is a ``DataError`` naming the file,
+    its 1-based line (blank lines count) and the field. A ``.jsonl`` id is a string or an integer (not a bool, a
+    float, a list or null): the index keys labels by it."""
+    from dexml_hf.data._utils import data_error, iter_lines
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    texts, ids = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            if path.suffix == ".jsonl":
-                try:
-                    row = json.loads(line)
-                except ValueError as err:
-                    raise DataError(f"{where}: not valid JSON ({err})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise DataError(f'{where}: expected an object with a string "text" (and an "id")')
-                texts.append(row["text"])
-                ids.append(row.get("id"))
-            elif path.suffix == ".tsv":
-                label_id, tab, text = line.partition("\t")
-                if not tab or not text.strip():
-                    raise DataError(f"{where}: expected id<TAB>text")
-                texts.append(text)
-                ids.append(label_id)
-            else:
-                texts.append(line)
-                ids.append(None)
+    texts, ids, numbers = [], [], []
+    for number, line in iter_lines(path):
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise data_error(path, number, None, f"not valid JSON ({err})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise data_error(path, number, "text", 'expected an object with a string "text" (and an "id")')
+            label_id = row.get("id")
+            if "id" in row and (not isinstance(label_id, (str, int)) or isinstance(label_id, bool)):
+                got = "null" if label_id is None else f"{type(label_id).__name__} {label_id!r}"
+                raise data_error(path, number, "id", f"a label id is a string or an integer, got {got}")
+            texts.append(row["text"])
+            ids.append(label_id)
+        elif path.suffix == ".tsv":
+            label_id, tab, text = line.partition("\t")
+            if not tab or not text.strip():
+                raise data_error(path, number, None, "expected id<TAB>text")
+            texts.append(text)
+            ids.append(label_id)
+        else:
+            texts.append(line)
+            ids.append(None)
+        numbers.append(number)
     if not texts:
         raise DataError(f"{path}: no labels")
     given = [i is not None for i in ids]
     if any(given) and not all(given):
-        raise DataError(f'{path}: line {given.index(False) + 1}: every label needs an "id" when one has it')
+        line = numbers[given.index(False)]
+        raise data_error(path, line, "id", 'every label needs an "id" when one has it')
     return texts, (ids if all(given) else None)
 
 

@@ -128,6 +128,46 @@ def test_errors_are_one_line(tiny_model_path, tmp_path, capsys):
     assert list(LabelIndex.load(idx).label_ids) == ["a", "b"]
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"id": "a", "text": "x"}\n\n\n{"id": "b"}\n', "l.jsonl, line 4, field 'text'"),
+        ('\n{"id": "a", "text": "x"}\n\n{"text": "y"}\n', "l.jsonl, line 4, field 'id': every label needs"),
+        (
+            '\n\n{"id": 1.5, "text": "x"}\n',
+            "l.jsonl, line 3, field 'id': a label id is a string or an integer, got float",
+        ),
+        ('{"id": [1], "text": "x"}\n', "l.jsonl, line 1, field 'id': a label id is a string or an integer, got list"),
+        ('{"id": null, "text": "x"}\n', "l.jsonl, line 1, field 'id': a label id is a string or an integer, got null"),
+        (
+            '\n{"id": true, "text": "x"}\n',
+            "l.jsonl, line 2, field 'id': a label id is a string or an integer, got bool",
+        ),
+        ('\n\n\n{"id": "a", "text": \n', "l.jsonl, line 4: not valid JSON"),
+    ],
+)
+def test_label_file_errors_name_the_real_line_and_field(tmp_path, content, message):
+    from dexml_hf.commands.index import read_label_file
+    from dexml_hf.errors import DataError
+
+    (tmp_path / "l.jsonl").write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_label_file(tmp_path / "l.jsonl")
+    assert message in str(err.value), str(err.value)
+
+
+def test_label_file_ids_of_str_and_int_are_kept(tmp_path):
+    from dexml_hf.commands.index import read_label_file
+
+    (tmp_path / "l.jsonl").write_text('\n{"id": 7, "text": "x"}\n{"id": "b", "text": "y"}\n', encoding="utf-8")
+    assert read_label_file(tmp_path / "l.jsonl") == (["x", "y"], [7, "b"])
+    (tmp_path / "l.tsv").write_text("\n\nk1\tone\nbroken\n", encoding="utf-8")
+    from dexml_hf.errors import DataError
+
+    with pytest.raises(DataError, match=r"l\.tsv, line 4: expected id<TAB>text"):
+        read_label_file(tmp_path / "l.tsv")
+
+
 # ---- --approximate ---------------------------------------------------------------------------------------------
 
 
