@@ -513,7 +513,12 @@ class DEXMLModelCardCallback(SentenceTransformerModelCardCallback):
         card.dual_encoder_metrics = trainer.dual_encoder_metrics
         memory = getattr(trainer.label_index, "memory", None)
         if trainer.dual_encoder_metrics is not None and memory is not None:
-            card.retrieval = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
+            card.retrieval = {
+                "lam": memory.lam,
+                "k": memory.k,
+                "temperature": memory.temperature,
+                "agreement": memory.agreement,
+            }
         card.num_eval_queries = min(xmc.num_queries(split), args.max_test_samples or xmc.num_queries(split))
 
 

@@ -18,6 +18,11 @@ means the same for cosine and dot models (raw dot products of norm-10 embeddings
 neighbour term and turning the softmax over neighbours into a one-hot), and ``λ`` is chosen on validation data
 (:func:`tune_retrieval`).
 
+Agreement gate: with ``agreement = γ > 0`` the weight is per query, ``λ_q = 1 − (1 − λ)·a_q^γ`` where ``a_q`` is the
+neighbour term's largest entry (how much of the neighbours' weight sits on one label): where the neighbours
+disagree the dual encoder ranks alone (:func:`query_weights`). ``tune_retrieval(guard="psp@1")`` keeps only the grid
+points that do not lower the validation PSP@1 below the dual encoder's.
+
 Scaling. Neighbours come from :func:`~dexml_hf.evaluation.topk.chunked_topk` (exact, chunked), test queries are
 processed ``query_chunk`` at a time, and the neighbour term of a chunk is a sparse ``chunk × L`` matrix
 (``W @ Y`` with ``k`` weights a row), so no ``n_test × n_train`` or ``n_test × L`` dense matrix is built. The exact
@@ -65,6 +70,8 @@ __all__ = [
     "fused_topk",
     "fusion_queries",
     "neighbour_term",
+    "parse_guard",
+    "query_weights",
     "tune_retrieval",
 ]
 
@@ -76,6 +83,7 @@ DEFAULT_GRID: dict[str, tuple] = {
     "lam": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
     "k": (5, 10, 20, 50),
     "temperature": (0.02, 0.05, 0.1, 0.2),
+    "agreement": (0.0, 1.0, 2.0, 4.0),
 }
 
 
@@ -90,13 +98,17 @@ def _binary_csr(matrix, n_rows: int | None = None) -> sp.csr_matrix:
     return mat
 
 
-def _check_params(lam: float, k: int, temperature: float) -> None:
+def _check_params(lam: float, k: int, temperature: float, agreement: float = 0.0) -> None:
     if not 0.0 < float(lam) <= 1.0:
         raise ValueError(f"lam must be in (0, 1] (1 = the dual encoder alone), got {lam!r}")
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k (neighbours) must be a positive integer, got {k!r}")
     if not float(temperature) > 0.0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not 0.0 <= float(agreement) <= 16.0:
+        raise ValueError(
+            f"agreement (exponent of the neighbours' agreement gate) must be in [0, 16], got {agreement!r}"
+        )
 
 
 class RetrievalMemory:
@@ -109,6 +121,7 @@ class RetrievalMemory:
         lam: weight ``λ`` of the dual-encoder score (``1 − λ`` goes to the neighbour term), in ``(0, 1]``.
         k: neighbours per query.
         temperature: ``T`` of the softmax over the neighbours' similarities.
+        agreement: ``γ`` of the per-query gate ``λ_q = 1 − (1 − λ)·a_q^γ`` (:func:`query_weights`; 0 = plain ``λ``).
         normalized: whether the model is a cosine one (the index's ``normalized``; the two must agree).
         dtype: storage of the embeddings, ``"float32"`` or ``"float16"``; similarities are computed in fp32.
         tuning: how ``lam``/``k``/``temperature`` were chosen (written by :func:`tune_retrieval`; saved as is).
@@ -131,6 +144,7 @@ class RetrievalMemory:
         dtype: str = "float32",
         tuning: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
+        agreement: float = 0.0,
     ):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -143,7 +157,7 @@ class RetrievalMemory:
         self.embeddings = emb.to(_DTYPES[dtype]).contiguous()
         self.dtype = dtype
         self.label_matrix = _binary_csr(label_matrix, self.embeddings.shape[0])
-        self.set_params(lam, k, temperature)
+        self.set_params(lam, k, temperature, agreement)
         self.tuning = dict(tuning) if tuning else None
         self.approximate = None  # an ApproximateIndex (dexml_hf.ann) for the kNN: build_approximate()
         self.to(device if device is not None else "cpu")
@@ -170,13 +184,17 @@ class RetrievalMemory:
         self.label_matrix = _binary_csr(matrix, len(self))
         return self
 
-    def set_params(self, lam: float | None = None, k: int | None = None, temperature: float | None = None) -> None:
-        """Change ``λ``, ``k`` or ``T`` (validated)."""
+    def set_params(
+        self, lam: float | None = None, k: int | None = None, temperature: float | None = None, agreement=None
+    ) -> None:
+        """Change ``λ``, ``k``, ``T`` or ``agreement`` (validated)."""
         lam = self.__dict__.get("lam") if lam is None else float(lam)
         k = self.__dict__.get("k") if k is None else int(k)
         temperature = self.__dict__.get("temperature") if temperature is None else float(temperature)
-        _check_params(lam, k, temperature)
+        agreement = self.__dict__.get("agreement", 0.0) if agreement is None else float(agreement)
+        _check_params(lam, k, temperature, agreement)
         self.lam, self.k, self.temperature = float(lam), int(k), float(temperature)
+        self.agreement = float(agreement)
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
@@ -184,7 +202,7 @@ class RetrievalMemory:
     def __repr__(self) -> str:
         return (
             f"RetrievalMemory(n_queries={len(self)}, n_labels={self.num_labels}, dim={self.dim}, lam={self.lam}, "
-            f"k={self.k}, temperature={self.temperature}, normalized={self.normalized})"
+            f"k={self.k}, temperature={self.temperature}, agreement={self.agreement}, normalized={self.normalized})"
         )
 
     @property
@@ -231,6 +249,7 @@ class RetrievalMemory:
             dtype=self.dtype,
             tuning=self.tuning,
             device=self.device,
+            agreement=self.agreement,
         )
 
     # ---- scoring --------------------------------------------------------------------------------------------
@@ -288,6 +307,7 @@ class RetrievalMemory:
             "lam": self.lam,
             "k": self.k,
             "temperature": self.temperature,
+            "agreement": self.agreement,
             "label_matrix": "binary",
             "tuning": self.tuning,
             "approximate": self.approximate.config_dict() if self.approximate is not None else None,
@@ -333,6 +353,7 @@ class RetrievalMemory:
             normalized=config.get("normalized", False),
             dtype=config.get("dtype", "float32"),
             tuning=config.get("tuning"),
+            agreement=config.get("agreement", 0.0),
         )
         if config.get("approximate"):
             from dexml_hf.ann import ApproximateIndex
@@ -402,6 +423,23 @@ def neighbour_term(sims: np.ndarray, rows: np.ndarray, label_matrix: sp.csr_matr
     return out
 
 
+def query_weights(term: sp.csr_matrix, lam: float, agreement: float) -> np.ndarray | float:
+    """The dual encoder's weight per query: ``λ_q = 1 − (1 − λ) · a_q^γ`` with ``a_q = max_l R[q, l]`` (how much
+    of the neighbours' weight agrees on one label) and ``γ = agreement``; ``γ = 0`` gives the plain ``λ``.
+
+    Why: the neighbours of a query share the head labels by sheer frequency, so where they disagree their vote
+    mostly pushes a frequent label over the rare one the dual encoder ranks first — the PSP@1 that fusion gives
+    away. Gated by agreement, the memory speaks where it is sure and the dual encoder keeps the rest.
+    """
+    if not agreement:
+        return float(lam)
+    top = np.zeros(term.shape[0])
+    filled = np.flatnonzero(np.diff(term.indptr))
+    if len(filled):
+        top[filled] = np.maximum.reduceat(term.data, term.indptr[filled])
+    return 1.0 - (1.0 - float(lam)) * np.clip(top, 0.0, 1.0) ** float(agreement)
+
+
 def fusion_queries(q: torch.Tensor, label_embeddings: torch.Tensor, normalized: bool) -> torch.Tensor:
     """Queries whose inner products with the labels are ``s(q, l)`` on the cosine's scale (module doc): as given
     for a normalised index, else ``q / (‖q‖ · max_l ‖l‖)`` (per query a positive factor: the ranking is unchanged)."""
@@ -439,7 +477,7 @@ def fused_topk(
     Args:
         q: ``(n, d)`` query embeddings, from :func:`fusion_queries` (``<q, l>`` = ``s(q, l)``).
         label_embeddings: ``(L, d)``.
-        lam: ``λ``.
+        lam: ``λ``, a number or one per query (:func:`query_weights`; each in ``(0, 1]``).
         term: the neighbour term, sparse ``(n, L)``.
         base: ``(scores, ids)`` of the top-``k`` labels by ``s`` (excluded pairs already removed).
         exclude: boolean CSR ``(n, L)`` of pairs to remove.
@@ -468,6 +506,8 @@ def fused_topk(
         pos = np.minimum(pos, len(t_keys) - 1)
         hit = t_keys[order][pos] == keys
         r[hit] = t.data[order][pos[hit]]
+    lam = np.asarray(lam, dtype=np.float64)
+    lam = lam[rows] if lam.ndim else lam
     fused = (lam * s + (1.0 - lam) * r).astype(np.float32)
     order = np.lexsort((cols, -fused, rows))  # by row, then score descending, then lower label id
     rows, cols, fused = rows[order], cols[order], fused[order]
@@ -516,9 +556,10 @@ def search_with_memory(
             out_scores[q0:q1], out_ids[q0:q1] = base
             continue
         sims, rows = memory.neighbours(qc, knn_k)
-        term = neighbour_term(sims, rows, memory.label_matrix, temperature)
+        term = memory.neighbour_term(sims, rows, knn_k, temperature)
         qs = fusion_queries(qc, index.embeddings, index.normalized)
-        out_scores[q0:q1], out_ids[q0:q1] = fused_topk(qs, index.embeddings, k, lam, term, base, ex)
+        lam_q = query_weights(term, lam, memory.agreement)
+        out_scores[q0:q1], out_ids[q0:q1] = fused_topk(qs, index.embeddings, k, lam_q, term, base, ex)
     return out_scores, out_ids
 
 
@@ -527,7 +568,7 @@ def search_with_memory(
 
 @dataclass
 class TuningResult:
-    """What :func:`tune_retrieval` chose and every grid point's value of the metric."""
+    """What :func:`tune_retrieval` chose and every grid point's value of the metric (and of the guard)."""
 
     lam: float
     k: int
@@ -538,9 +579,12 @@ class TuningResult:
     split: str
     n_queries: int
     grid: list[dict[str, float]]
+    agreement: float = 0.0
+    guard: str | None = None
+    guard_baseline: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "metric": self.metric,
             "value": self.value,
             "dual_encoder_value": self.baseline,
@@ -548,6 +592,10 @@ class TuningResult:
             "n_queries": self.n_queries,
             "grid": self.grid,
         }
+        if self.guard:
+            out["guard"] = self.guard
+            out["guard_dual_encoder"] = self.guard_baseline
+        return out
 
 
 def grid_search(
@@ -561,12 +609,16 @@ def grid_search(
     exclude=None,
     split: str = "validation",
     show_progress_bar: bool | None = None,
+    guard: str | None = None,
 ) -> TuningResult:
-    """Evaluate every ``(λ, k, T)`` of ``grid`` on the given (validation) queries and pick the best by ``metric``.
+    """Evaluate every ``(λ, k, T, agreement)`` of ``grid`` on the given (validation) queries and pick the best by
+    ``metric`` among the points that keep every ``guard`` metric (e.g. ``"psp@1"``, several joined by ``+``) at
+    least at the dual encoder's own value; ``λ = 1`` (the dual encoder) always qualifies, so a memory that would
+    cost the guarded metric is switched off rather than trusted.
 
     The neighbours (for the largest ``k``) and the dual-encoder top-``d`` are computed once; each grid point only
     re-weights and re-ranks. Ties in the metric go to the earlier grid point (grid order: ``λ`` descending first,
-    so a tie prefers the plainer model).
+    then ``agreement`` ascending, so a tie prefers the plainer model).
     """
     from dexml_hf.evaluation.metrics import xmc_metrics
 
@@ -574,13 +626,16 @@ def grid_search(
     lams = sorted({float(x) for x in grid["lam"]}, reverse=True)
     ks_nn = sorted({int(x) for x in grid["k"]})
     temps = sorted({float(x) for x in grid["temperature"]})
-    for lam, knn, temp in itertools.product(lams, ks_nn, temps):
-        _check_params(lam, knn, temp)
+    gates = sorted({float(x) for x in grid["agreement"]})
+    for lam, knn, temp, gate in itertools.product(lams, ks_nn, temps, gates):
+        _check_params(lam, knn, temp, gate)
     parts = parse_selection_metric(metric)
-    if inv_propensity is None and any(name.startswith("ps") for name, _ in parts):
-        raise ValueError(f"metric {metric!r} needs inv_propensity")
+    guards = parse_selection_metric(guard) if guard else []
+    if inv_propensity is None and any(name.startswith("ps") for name, _ in parts + guards):
+        raise ValueError(f"metric {metric!r} / guard {guard!r} needs inv_propensity")
     names = [f"{name}@{at}" for name, at in parts]
-    depth = max(at for _, at in parts)
+    guard_names = [f"{name}@{at}" for name, at in guards]
+    depth = max(at for _, at in parts + guards)
     if depth > len(index):
         raise ValueError(f"metric {metric!r} needs at least {depth} labels; the index has {len(index)}")
     truth = sp.csr_matrix(truth)
@@ -592,28 +647,38 @@ def grid_search(
     base = (base[0].numpy(), base[1].numpy())
     sims, rows = memory.neighbours(q, max(ks_nn))
     qs = fusion_queries(q, index.embeddings, index.normalized)
+    ks_metrics = {at for _, at in parts + guards}
 
-    def value(ids: np.ndarray) -> float:
-        metrics = xmc_metrics(ids, truth, ks={at for _, at in parts}, inv_propensity=inv_propensity)
-        return float(np.mean([metrics[name] for name in names]))
+    def values(ids: np.ndarray) -> tuple[float, dict[str, float]]:
+        metrics = xmc_metrics(ids, truth, ks=ks_metrics, inv_propensity=inv_propensity)
+        return float(np.mean([metrics[name] for name in names])), {name: float(metrics[name]) for name in guard_names}
 
-    baseline = value(base[1])
-    points = [(1.0, None, None)] if 1.0 in lams else []  # λ = 1 ignores k and T: one point
-    points += [p for p in itertools.product(lams, ks_nn, temps) if p[0] != 1.0]
-    results, best = [], None
-    for lam, knn, temp in tqdm(points, desc="choosing λ, k, T", disable=not show_progress_bar, leave=False):
+    baseline, guard_baseline = values(base[1])
+    points = [(1.0, None, None, None)] if 1.0 in lams else []  # λ = 1 ignores k, T and the gate: one point
+    points += [p for p in itertools.product(lams, ks_nn, temps, gates) if p[0] != 1.0]
+    results, best, terms = [], None, {}
+    for lam, knn, temp, gate in tqdm(points, desc="choosing λ, k, T", disable=not show_progress_bar, leave=False):
         if lam == 1.0:
-            v = baseline
+            v, kept = baseline, guard_baseline
         else:
-            term = neighbour_term(sims[:, :knn], rows[:, :knn], memory.label_matrix, temp)
-            v = value(fused_topk(qs, index.embeddings, depth, lam, term, base, excluded)[1])
-        results.append({"lam": lam, "k": knn, "temperature": temp, metric: v})
-        if best is None or v > best[0]:
-            best = (v, lam, knn, temp)
-    v, lam, knn, temp = best
-    if lam == 1.0:  # keep the memory's own k / T (unused at λ = 1)
-        knn, temp = memory.k, memory.temperature
-    return TuningResult(lam, knn, temp, metric, v, baseline, split, int(q.shape[0]), results)
+            if (knn, temp) not in terms:  # one term at a time (the points of one (k, T) are consecutive)
+                terms = {(knn, temp): neighbour_term(sims[:, :knn], rows[:, :knn], memory.label_matrix, temp)}
+            term = terms[(knn, temp)]
+            lam_q = query_weights(term, lam, gate)
+            v, kept = values(fused_topk(qs, index.embeddings, depth, lam_q, term, base, excluded)[1])
+        ok = all(kept[name] >= guard_baseline[name] for name in guard_names)
+        point = {"lam": lam, "k": knn, "temperature": temp, "agreement": gate}
+        results.append({**point, metric: v, **kept, "eligible": ok})
+        if ok and (best is None or v > best[0]):
+            best = (v, lam, knn, temp, gate)
+    if best is None:  # the grid has no λ = 1 and no point keeps the guard: the dual encoder alone
+        best = (baseline, 1.0, None, None, None)
+    v, lam, knn, temp, gate = best
+    if lam == 1.0:  # keep the memory's own k / T / gate (unused at λ = 1)
+        knn, temp, gate = memory.k, memory.temperature, memory.agreement
+    return TuningResult(
+        lam, knn, temp, metric, v, baseline, split, int(q.shape[0]), results, gate, guard or None, guard_baseline
+    )
 
 
 #: the metric families a selection criterion may name (keys of :func:`~dexml_hf.evaluation.xmc_metrics`)
@@ -633,6 +698,15 @@ def parse_selection_metric(metric: str) -> list[tuple[str, int]]:
             )
         parts.append((family, int(at)))
     return parts
+
+
+def parse_guard(guard: str | None) -> str | None:
+    """A guard setting: ``"none"`` / ``""`` / ``None`` switch it off, else metrics as :func:`parse_selection_metric`
+    reads them (validated here, so a typo fails before anything is encoded)."""
+    if guard is None or str(guard).strip().lower() in ("", "none"):
+        return None
+    parse_selection_metric(guard)
+    return str(guard).strip()
 
 
 def capped_holdout(requested: int, num_train: int) -> int:
@@ -655,6 +729,7 @@ def tune_retrieval(
     inv_propensity: np.ndarray | None = None,
     train_embeddings: torch.Tensor | None = None,
     show_progress_bar: bool | None = None,
+    guard: str | None = None,
 ) -> RetrievalMemory:
     """Build the retrieval memory of ``xmc``'s train split, choose ``λ``, ``k`` and ``T`` on validation data,
     attach the memory to ``index`` (``index.memory``) and return it. Never looks at the test split.
@@ -670,6 +745,8 @@ def tune_retrieval(
             ``inv_propensity``, by default ``xmc.inv_propensity()``).
         grid: ``{"lam": [...], "k": [...], "temperature": [...]}``, defaults from :data:`DEFAULT_GRID`.
         train_embeddings: the train queries' embeddings if already computed (skips encoding them).
+        guard: metrics the fusion may not lower below the dual encoder alone on the validation queries
+            (:func:`grid_search`), e.g. ``"psp@1"``.
     """
     if "test" == split:
         raise ValueError("tune_retrieval chooses λ, k and T on validation data; split='test' is not allowed")
@@ -679,7 +756,9 @@ def tune_retrieval(
             model, xmc.query_texts("train", query_mode), "query", batch_size, index.normalized, show_progress_bar
         )
     full = RetrievalMemory(train_embeddings, train_matrix, normalized=index.normalized, dtype=index.dtype)
-    if inv_propensity is None and any(name.startswith("ps") for name, _ in parse_selection_metric(metric)):
+    guard = parse_guard(guard)
+    selection = parse_selection_metric(metric) + (parse_selection_metric(guard) if guard else [])
+    if inv_propensity is None and any(name.startswith("ps") for name, _ in selection):
         inv_propensity = xmc.inv_propensity()
     split = split or ("validation" if "validation" in xmc.label_matrices else None)
     if split is not None:
@@ -699,6 +778,7 @@ def tune_retrieval(
             exclude=(xmc.filters or {}).get(split),
             split=split,
             show_progress_bar=show_progress_bar,
+            guard=guard,
         )
     else:
         n = len(full)
@@ -720,11 +800,12 @@ def tune_retrieval(
             inv_propensity,
             split=f"train slice ({size} of {n} queries, seed {seed}, left out of the memory while tuning)",
             show_progress_bar=show_progress_bar,
+            guard=guard,
         )
-    full.set_params(result.lam, result.k, result.temperature)
+    full.set_params(result.lam, result.k, result.temperature, result.agreement)
     full.tuning = result.as_dict()
     logger.info(
-        f"retrieval: λ={result.lam}, k={result.k}, T={result.temperature} ({metric} {100 * result.value:.2f} vs "
+        f"retrieval: λ={result.lam}, k={result.k}, T={result.temperature}, agreement={result.agreement} ({metric} {100 * result.value:.2f} vs "
         f"{100 * result.baseline:.2f} for the dual encoder alone, on {result.split})"
     )
     index.memory = full

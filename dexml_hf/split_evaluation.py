@@ -88,6 +88,7 @@ def evaluate_split(model, xmc, args: DEXMLTrainingArguments, build_index: bool, 
             index,
             xmc,
             metric=args.retrieval_metric,
+            guard=args.retrieval_guard,
             holdout=capped_holdout(args.retrieval_holdout, xmc.num_queries("train")),
             seed=args.seed,
             query_mode=args.query_text_mode,
@@ -107,7 +108,12 @@ def eval_results(trainer) -> dict[str, Any]:
     memory = getattr(trainer.label_index, "memory", None)
     if trainer.dual_encoder_metrics is not None and memory is not None:
         results["dual_encoder_metrics"] = trainer.dual_encoder_metrics
-        results["retrieval"] = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
+        results["retrieval"] = {
+            "lam": memory.lam,
+            "k": memory.k,
+            "temperature": memory.temperature,
+            "agreement": memory.agreement,
+        }
         results["retrieval"]["tuning"] = memory.tuning
     return results
 

@@ -17,7 +17,7 @@ from sentence_transformers.sentence_transformer.training_args import (
 from dexml_hf.data.dataset import LABEL_TEXT_MODES, QUERY_TEXT_MODES
 from dexml_hf.errors import UsageError
 from dexml_hf.factory import LOSSES
-from dexml_hf.retrieval import parse_selection_metric
+from dexml_hf.retrieval import parse_guard, parse_selection_metric
 
 __all__ = ["DEXMLTrainingArguments", "NEGATIVES_MODES", "POSITIVE_SAMPLING_MODES"]
 
@@ -253,6 +253,13 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             "several joined by '+' whose mean is maximised (precision@1+psp@5: head and tail together)."
         },
     )
+    retrieval_guard: str = field(
+        default="psp@1",
+        metadata={
+            "help": "`retrieval_memory`: metrics the fusion may not lower below the dual encoder alone on the "
+            "validation queries (several joined by +): only such grid points (and lam=1) are chosen; 'none' = off."
+        },
+    )
     retrieval_holdout: int = field(
         default=2000,
         metadata={
@@ -364,6 +371,10 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             parse_selection_metric(self.retrieval_metric)
         except ValueError as err:
             raise UsageError(f"retrieval_metric: {err}") from None
+        try:
+            parse_guard(self.retrieval_guard)
+        except ValueError as err:
+            raise UsageError(f"retrieval_guard: {err}") from None
         if self.retrieval_memory and self.test_split is None:
             raise UsageError("retrieval_memory is stored with the label index, which needs test_split")
 

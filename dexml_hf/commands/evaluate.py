@@ -143,7 +143,12 @@ def run_evaluate(
         report["label_groups"] = label_group_metrics(topk, evaluator.truth, freq, ks)
     memory = getattr(index, "memory", None)
     if memory is not None:
-        report["retrieval"] = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
+        report["retrieval"] = {
+            "lam": memory.lam,
+            "k": memory.k,
+            "temperature": memory.temperature,
+            "agreement": memory.agreement,
+        }
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +223,10 @@ def main(argv: list[str]) -> int:
     )
     if "retrieval" in report:
         r = report["retrieval"]
-        print(f"retrieval-augmented ranking: lam={r['lam']}, k={r['k']}, temperature={r['temperature']}")
+        print(
+            f"retrieval-augmented ranking: lam={r['lam']}, k={r['k']}, temperature={r['temperature']}, "
+            f"agreement={r['agreement']}"
+        )
     print(f"{report['dataset']} / {args.split}: {report['num_queries']} queries, {report['num_labels']} labels")
     print(format_metrics_table(report["metrics"], every_metric=True))
     for group, values in report.get("label_groups", {}).items():

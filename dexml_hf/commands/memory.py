@@ -34,6 +34,13 @@ class MemoryArguments:
         default="precision@1",
         metadata={"help": "validation metric maximised (e.g. psp@5), or several joined by + (their mean)"},
     )
+    guard: str = field(
+        default="psp@1",
+        metadata={
+            "help": "metrics the fusion may not lower below the dual encoder alone on the validation queries "
+            "(several joined by +); 'none' switches the guard off"
+        },
+    )
     holdout: int = field(default=2000, metadata={"help": "without a validation split: train queries held out"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out slice"})
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
@@ -43,12 +50,16 @@ class MemoryArguments:
             raise UsageError("--model, --dataset and --output are required")
         if self.holdout < 1 or self.batch_size < 1:
             raise UsageError("--holdout and --batch_size must be positive")
-        from dexml_hf.retrieval import parse_selection_metric
+        from dexml_hf.retrieval import parse_guard, parse_selection_metric
 
         try:
             parse_selection_metric(self.metric)
         except ValueError as err:
             raise UsageError(f"--metric: {err}") from None
+        try:
+            parse_guard(self.guard)
+        except ValueError as err:
+            raise UsageError(f"--guard: {err}") from None
 
 
 def build_parser():
@@ -77,6 +88,7 @@ def main(argv: list[str]) -> int:
         index,
         xmc,
         metric=args.metric,
+        guard=args.guard,
         holdout=capped_holdout(args.holdout, xmc.num_queries("train")),
         seed=args.seed,
         query_mode=args.query_text_mode,
@@ -85,7 +97,7 @@ def main(argv: list[str]) -> int:
         show_progress_bar=True,  # embedding 643k training queries takes half an hour on 2 cores: show it
     )
     index.save(args.output)
-    chosen = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature}
+    chosen = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature, "agreement": memory.agreement}
     print(
         f"saved {args.output} with a retrieval memory of {memory.embeddings.shape[0]:,} queries: {json.dumps(chosen)}"
     )

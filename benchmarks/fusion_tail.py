@@ -1,0 +1,140 @@
+"""Retrieval fusion and the tail: does the memory cost PSP@1 against the dual encoder alone, and what stops it?
+
+One dual encoder is trained (``eurlex_rae.train``, same settings; or loaded from ``--model-dir`` when it holds one
+from an earlier run), its label index and the training-query memory are built once, and every fusion variant is
+tuned on the **validation** split and scored on test, side by side:
+
+- ``dual encoder``: λ = 1;
+- ``fusion (P@1)``: λ, k, T chosen by P@1 — what the recipes did;
+- ``fusion (P@1, guard PSP@1)``: the same grid, only points whose validation PSP@1 is at least the dual encoder's;
+- ``+ agreement gate``: a per-query λ, ``1 − (1 − λ)·a_q^γ`` with ``a_q`` the neighbours' agreement
+  (``dexml_hf.retrieval.query_weights``; γ in the grid), with and without the guard.
+
+    python benchmarks/fusion_tail.py --dataset cooking --epochs 2 --model-dir /tmp/fusion_cooking
+    python benchmarks/fusion_tail.py --dataset eurlex57k --max-train 4000 --max-val 1000 --max-test 1000 \\
+        --epochs 2 --train-max-length 64 --model-dir /tmp/fusion_eurlex_subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, markdown_table, quiet_libraries, write_json  # noqa: E402
+from eurlex_rae import DATASETS, METRICS, base_model, load_data, train  # noqa: E402
+
+logger = logging.getLogger("fusion_tail")
+
+GATES = (0.0, 1.0, 2.0, 4.0)
+#: (row name, selection metric, guard, agreement exponents)
+VARIANTS = (
+    ("fusion (P@1)", "precision@1", None, (0.0,)),
+    ("fusion (P@1, guard PSP@1)", "precision@1", "psp@1", (0.0,)),
+    ("fusion + agreement gate (P@1)", "precision@1", None, GATES),
+    ("fusion + agreement gate (P@1, guard PSP@1)", "precision@1", "psp@1", GATES),
+    ("fusion + agreement gate (P@1+PSP@1, guard PSP@1)", "precision@1+psp@1", "psp@1", GATES),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="cooking", choices=DATASETS)
+    parser.add_argument("--data", default=None, help="the EURLEX57K folder (default: the shared one)")
+    parser.add_argument("--max-train", type=int, default=None)
+    parser.add_argument("--max-val", type=int, default=None)
+    parser.add_argument("--max-test", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--train-max-length", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--augment", action="store_true", help="train with label texts as extra queries")
+    parser.add_argument("--model-dir", default=None, help="save the trained model here; reuse it when present")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    args.cooccurrence_top = 0
+    if args.data is None:
+        from common import SHARED_DATA
+
+        args.data = str(SHARED_DATA / "eurlex57k")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    quiet_libraries()
+
+    from sentence_transformers import SentenceTransformer
+
+    from dexml_hf.evaluation import xmc_metrics
+    from dexml_hf.index import LabelIndex
+    from dexml_hf.retrieval import DEFAULT_GRID, RetrievalMemory, grid_search
+
+    xmc = load_data(args)
+    model_dir = Path(args.model_dir) if args.model_dir else None
+    train_s = 0.0
+    if model_dir is not None and (model_dir / "modules.json").is_file():
+        model = SentenceTransformer(str(model_dir), device="cpu")
+        logger.info(f"reusing the model in {model_dir}")
+    else:
+        with tempfile.TemporaryDirectory() as work:
+            model, train_s, steps = train(base_model(args.max_seq_length), xmc, args, work, args.augment)
+        logger.info(f"trained {steps} steps in {train_s:.0f} s")
+        if model_dir is not None:
+            model.save(str(model_dir))
+    model.max_seq_length = args.max_seq_length
+
+    inv_p = xmc.inv_propensity()
+    bars = args.progress
+    start = time.perf_counter()
+    index = LabelIndex.from_texts(model, xmc.label_texts("title"), batch_size=128, show_progress_bar=bars)
+    encode = {
+        split: index.encode_queries(model, xmc.query_texts(split, "title"), batch_size=128, show_progress_bar=bars)
+        for split in ("train", "validation", "test")
+    }
+    memory = RetrievalMemory(encode["train"], xmc.label_matrices["train"], normalized=index.normalized)
+    encode_s = time.perf_counter() - start
+    truth, exclude = xmc.label_matrices["test"], xmc.filters.get("test")
+
+    def test_metrics(lam=1.0, k=10, temperature=0.1, agreement=0.0) -> dict:
+        memory.set_params(lam, k, temperature, agreement)
+        index.memory = memory if lam < 1.0 else None
+        _, ids = index.search(encode["test"], k=100, exclude=exclude)
+        return xmc_metrics(ids, truth, ks=(1, 3, 5), inv_propensity=inv_p)
+
+    def row(method: str, metrics: dict, note: str = "", seconds: float = 0.0) -> dict:
+        out = {"method": method, **{label: round(100 * metrics[key], 2) for label, key in METRICS}}
+        return {**out, "tuning s": round(seconds, 1), "notes": note}
+
+    rows = [row("dual encoder", test_metrics())]
+    for name, metric, guard, gates in VARIANTS:
+        start = time.perf_counter()
+        result = grid_search(
+            index,
+            memory,
+            encode["validation"],
+            xmc.label_matrices["validation"],
+            metric,
+            {**DEFAULT_GRID, "agreement": gates},
+            inv_p,
+            exclude=xmc.filters.get("validation"),
+            guard=guard,
+        )
+        seconds = time.perf_counter() - start
+        note = f"λ {result.lam}, k {result.k}, T {result.temperature}, gate {result.agreement}"
+        note += f" (val {metric} {100 * result.value:.2f} vs {100 * result.baseline:.2f})"
+        rows.append(row(name, test_metrics(result.lam, result.k, result.temperature, result.agreement), note, seconds))
+        logger.info(f"{name}: {rows[-1]}")
+    print(markdown_table(rows, list(rows[0])))
+    if args.output:
+        payload = {"machine": machine(), "args": vars(args), "train_s": train_s, "encode_s": encode_s, "rows": rows}
+        write_json(args.output, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
