@@ -582,6 +582,7 @@ class TuningResult:
     agreement: float = 0.0
     guard: str | None = None
     guard_baseline: dict[str, float] | None = None
+    guard_margin: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -595,6 +596,7 @@ class TuningResult:
         if self.guard:
             out["guard"] = self.guard
             out["guard_dual_encoder"] = self.guard_baseline
+            out["guard_margin"] = self.guard_margin
         return out
 
 
@@ -610,17 +612,24 @@ def grid_search(
     split: str = "validation",
     show_progress_bar: bool | None = None,
     guard: str | None = None,
+    guard_margin: float = 1.0,
 ) -> TuningResult:
     """Evaluate every ``(λ, k, T, agreement)`` of ``grid`` on the given (validation) queries and pick the best by
     ``metric`` among the points that keep every ``guard`` metric (e.g. ``"psp@1"``, several joined by ``+``) at
     least at the dual encoder's own value; ``λ = 1`` (the dual encoder) always qualifies, so a memory that would
     cost the guarded metric is switched off rather than trusted.
 
+    "At least" is a paired one-sided test over the queries: with ``d_i`` query ``i``'s contribution to the guard
+    metric under the point minus under the dual encoder (:func:`~dexml_hf.evaluation.metric_contributions`), a
+    point qualifies when ``Σ d_i ≥ guard_margin · √n · std(d)``. A few hundred validation queries pass a noisy
+    point by chance; the margin (in standard errors; 0 = the plain comparison) prefers points that change few
+    rankings, such as the agreement gate's.
+
     The neighbours (for the largest ``k``) and the dual-encoder top-``d`` are computed once; each grid point only
     re-weights and re-ranks. Ties in the metric go to the earlier grid point (grid order: ``λ`` descending first,
     then ``agreement`` ascending, so a tie prefers the plainer model).
     """
-    from dexml_hf.evaluation.metrics import xmc_metrics
+    from dexml_hf.evaluation.metrics import metric_contributions
 
     grid = {**DEFAULT_GRID, **(grid or {})}
     lams = sorted({float(x) for x in grid["lam"]}, reverse=True)
@@ -629,6 +638,8 @@ def grid_search(
     gates = sorted({float(x) for x in grid["agreement"]})
     for lam, knn, temp, gate in itertools.product(lams, ks_nn, temps, gates):
         _check_params(lam, knn, temp, gate)
+    if isinstance(guard_margin, bool) or not (isinstance(guard_margin, (int, float)) and 0 <= guard_margin < float("inf")):
+        raise ValueError(f"guard_margin must be a finite number >= 0 (standard errors), got {guard_margin!r}")
     parts = parse_selection_metric(metric)
     guards = parse_selection_metric(guard) if guard else []
     if inv_propensity is None and any(name.startswith("ps") for name, _ in parts + guards):
@@ -649,26 +660,35 @@ def grid_search(
     qs = fusion_queries(q, index.embeddings, index.normalized)
     ks_metrics = {at for _, at in parts + guards}
 
-    def values(ids: np.ndarray) -> tuple[float, dict[str, float]]:
-        metrics = xmc_metrics(ids, truth, ks=ks_metrics, inv_propensity=inv_propensity)
-        return float(np.mean([metrics[name] for name in names])), {name: float(metrics[name]) for name in guard_names}
+    def values(ids: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        parts = metric_contributions(ids, truth, ks=ks_metrics, inv_propensity=inv_propensity)
+        return float(np.mean([parts[name].sum() for name in names])), {name: parts[name] for name in guard_names}
 
-    baseline, guard_baseline = values(base[1])
+    def passes(kept: dict[str, np.ndarray]) -> bool:
+        for name in guard_names:
+            d = kept[name] - base_parts[name]
+            spread = np.sqrt(len(d)) * d.std(ddof=1) if len(d) > 1 else 0.0
+            if d.sum() < guard_margin * spread - 1e-12:
+                return False
+        return True
+
+    baseline, base_parts = values(base[1])
+    guard_baseline = {name: float(c.sum()) for name, c in base_parts.items()}
     points = [(1.0, None, None, None)] if 1.0 in lams else []  # λ = 1 ignores k, T and the gate: one point
     points += [p for p in itertools.product(lams, ks_nn, temps, gates) if p[0] != 1.0]
     results, best, terms = [], None, {}
     for lam, knn, temp, gate in tqdm(points, desc="choosing λ, k, T", disable=not show_progress_bar, leave=False):
         if lam == 1.0:
-            v, kept = baseline, guard_baseline
+            v, kept = baseline, base_parts
         else:
             if (knn, temp) not in terms:  # one term at a time (the points of one (k, T) are consecutive)
                 terms = {(knn, temp): neighbour_term(sims[:, :knn], rows[:, :knn], memory.label_matrix, temp)}
             term = terms[(knn, temp)]
             lam_q = query_weights(term, lam, gate)
             v, kept = values(fused_topk(qs, index.embeddings, depth, lam_q, term, base, excluded)[1])
-        ok = all(kept[name] >= guard_baseline[name] for name in guard_names)
+        ok = passes(kept)
         point = {"lam": lam, "k": knn, "temperature": temp, "agreement": gate}
-        results.append({**point, metric: v, **kept, "eligible": ok})
+        results.append({**point, metric: v, **{n: float(c.sum()) for n, c in kept.items()}, "eligible": ok})
         if ok and (best is None or v > best[0]):
             best = (v, lam, knn, temp, gate)
     if best is None:  # the grid has no λ = 1 and no point keeps the guard: the dual encoder alone
@@ -677,7 +697,19 @@ def grid_search(
     if lam == 1.0:  # keep the memory's own k / T / gate (unused at λ = 1)
         knn, temp, gate = memory.k, memory.temperature, memory.agreement
     return TuningResult(
-        lam, knn, temp, metric, v, baseline, split, int(q.shape[0]), results, gate, guard or None, guard_baseline
+        lam,
+        knn,
+        temp,
+        metric,
+        v,
+        baseline,
+        split,
+        int(q.shape[0]),
+        results,
+        gate,
+        guard or None,
+        guard_baseline,
+        float(guard_margin) if guard else None,
     )
 
 
@@ -730,6 +762,7 @@ def tune_retrieval(
     train_embeddings: torch.Tensor | None = None,
     show_progress_bar: bool | None = None,
     guard: str | None = None,
+    guard_margin: float = 1.0,
 ) -> RetrievalMemory:
     """Build the retrieval memory of ``xmc``'s train split, choose ``λ``, ``k`` and ``T`` on validation data,
     attach the memory to ``index`` (``index.memory``) and return it. Never looks at the test split.
@@ -746,7 +779,8 @@ def tune_retrieval(
         grid: ``{"lam": [...], "k": [...], "temperature": [...]}``, defaults from :data:`DEFAULT_GRID`.
         train_embeddings: the train queries' embeddings if already computed (skips encoding them).
         guard: metrics the fusion may not lower below the dual encoder alone on the validation queries
-            (:func:`grid_search`), e.g. ``"psp@1"``.
+            (:func:`grid_search`), e.g. ``"psp@1"``; ``guard_margin``: by how many standard errors of the paired
+            per-query difference a point must clear it.
     """
     if "test" == split:
         raise ValueError("tune_retrieval chooses λ, k and T on validation data; split='test' is not allowed")
@@ -779,6 +813,7 @@ def tune_retrieval(
             split=split,
             show_progress_bar=show_progress_bar,
             guard=guard,
+            guard_margin=guard_margin,
         )
     else:
         n = len(full)
@@ -801,6 +836,7 @@ def tune_retrieval(
             split=f"train slice ({size} of {n} queries, seed {seed}, left out of the memory while tuning)",
             show_progress_bar=show_progress_bar,
             guard=guard,
+            guard_margin=guard_margin,
         )
     full.set_params(result.lam, result.k, result.temperature, result.agreement)
     full.tuning = result.as_dict()

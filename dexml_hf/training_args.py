@@ -260,6 +260,13 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             "validation queries (several joined by +): only such grid points (and lam=1) are chosen; 'none' = off."
         },
     )
+    retrieval_guard_margin: float = field(
+        default=1.0,
+        metadata={
+            "help": "`retrieval_guard`: standard errors (of the paired per-query difference on validation) by which a "
+            "grid point must clear the guard; 0 = a plain comparison, which small validation sets pass by chance."
+        },
+    )
     retrieval_holdout: int = field(
         default=2000,
         metadata={
@@ -375,6 +382,9 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             parse_guard(self.retrieval_guard)
         except ValueError as err:
             raise UsageError(f"retrieval_guard: {err}") from None
+        margin = self.retrieval_guard_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < float("inf"):
+            raise UsageError(f"retrieval_guard_margin must be a finite number >= 0, got {margin!r}")
         if self.retrieval_memory and self.test_split is None:
             raise UsageError("retrieval_memory is stored with the label index, which needs test_split")
 

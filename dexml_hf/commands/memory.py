@@ -41,6 +41,10 @@ class MemoryArguments:
             "(several joined by +); 'none' switches the guard off"
         },
     )
+    guard_margin: float = field(
+        default=1.0,
+        metadata={"help": "standard errors of the paired per-query difference by which a point must clear the guard"},
+    )
     holdout: int = field(default=2000, metadata={"help": "without a validation split: train queries held out"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out slice"})
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
@@ -50,6 +54,8 @@ class MemoryArguments:
             raise UsageError("--model, --dataset and --output are required")
         if self.holdout < 1 or self.batch_size < 1:
             raise UsageError("--holdout and --batch_size must be positive")
+        if not 0 <= self.guard_margin < float("inf"):
+            raise UsageError(f"--guard_margin must be a finite number >= 0, got {self.guard_margin}")
         from dexml_hf.retrieval import parse_guard, parse_selection_metric
 
         try:
@@ -89,6 +95,7 @@ def main(argv: list[str]) -> int:
         xmc,
         metric=args.metric,
         guard=args.guard,
+        guard_margin=args.guard_margin,
         holdout=capped_holdout(args.holdout, xmc.num_queries("train")),
         seed=args.seed,
         query_mode=args.query_text_mode,

@@ -33,6 +33,7 @@ __all__ = [
     "frequency_buckets",
     "hits_matrix",
     "inv_propensity",
+    "metric_contributions",
     "mrr_at_k",
     "ndcg_at_k",
     "precision_at_k",
@@ -157,83 +158,80 @@ def _check_weights(weights, n_labels: int) -> np.ndarray:
     return weights
 
 
-# Each metric has a private core over prepared inputs (hits computed once in ``xmc_metrics``)
-# and a public wrapper that validates.
+# Each metric has a private core over prepared inputs (hits computed once in ``xmc_metrics``) that returns every
+# point's contribution (the metric is their sum: a mean's terms are divided by n, a ratio of sums' by its
+# denominator), and a public wrapper that validates and sums.
 
 
-def _precision(hits: np.ndarray, k: int) -> float:
-    return float(_pad(hits, k, False).sum(axis=1).mean() / k) if hits.shape[0] else 0.0
+def _precision(hits: np.ndarray, k: int) -> np.ndarray:
+    return _pad(hits, k, False).sum(axis=1) / (k * max(hits.shape[0], 1))
 
 
-def _recall(hits: np.ndarray, n_true: np.ndarray, k: int) -> float:
-    if not hits.shape[0]:
-        return 0.0
+def _recall(hits: np.ndarray, n_true: np.ndarray, k: int) -> np.ndarray:
     found = _pad(hits, k, False).sum(axis=1)
-    return float(np.divide(found, n_true, out=np.zeros(len(found)), where=n_true > 0).mean())
+    return np.divide(found, n_true, out=np.zeros(len(found)), where=n_true > 0) / max(hits.shape[0], 1)
 
 
-def _ndcg(hits: np.ndarray, n_true: np.ndarray, k: int) -> float:
-    if not hits.shape[0]:
-        return 0.0
+def _ndcg(hits: np.ndarray, n_true: np.ndarray, k: int) -> np.ndarray:
     disc = _discounts(k)
     dcg = _pad(hits, k, False) @ disc
     ideal = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(n_true, k)]
-    return float(np.divide(dcg, ideal, out=np.zeros(len(dcg)), where=ideal > 0).mean())
+    return np.divide(dcg, ideal, out=np.zeros(len(dcg)), where=ideal > 0) / max(hits.shape[0], 1)
 
 
-def _mrr(hits: np.ndarray, k: int) -> float:
-    if not hits.shape[0]:
-        return 0.0
+def _mrr(hits: np.ndarray, k: int) -> np.ndarray:
     h = _pad(hits, k, False)
-    any_hit = h.any(axis=1)
     first = h.argmax(axis=1)
-    return float(np.where(any_hit, 1.0 / (first + 1), 0.0).mean())
+    return np.where(h.any(axis=1), 1.0 / (first + 1), 0.0) / max(hits.shape[0], 1)
 
 
-def _psp(hits: np.ndarray, topk: np.ndarray, best: np.ndarray, weights: np.ndarray, k: int) -> float:
-    gain = (_pad(hits, k, False) * weights[np.maximum(_pad(topk, k, -1), 0)]).sum()
+def _psp(hits: np.ndarray, topk: np.ndarray, best: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    gain = (_pad(hits, k, False) * weights[np.maximum(_pad(topk, k, -1), 0)]).sum(axis=1)
     denom = best[:, :k].sum()
-    return float(gain / denom) if denom > 0 else 0.0
+    return gain / denom if denom > 0 else np.zeros(len(gain))
 
 
 def _psndcg(
     hits: np.ndarray, topk: np.ndarray, best: np.ndarray, weights: np.ndarray, n_true: np.ndarray, k: int
-) -> float:
+) -> np.ndarray:
     disc = _discounts(k)
     dcg = (_pad(hits, k, False) * weights[np.maximum(_pad(topk, k, -1), 0)]) @ disc
     best_dcg = best[:, :k] @ disc
     norm = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(n_true, k)]
     valid = norm > 0
     denom = (best_dcg[valid] / norm[valid]).sum()
-    return float((dcg[valid] / norm[valid]).sum() / denom) if denom > 0 else 0.0
+    out = np.zeros(len(dcg))
+    if denom > 0:
+        out[valid] = dcg[valid] / norm[valid] / denom
+    return out
 
 
 def precision_at_k(topk: np.ndarray, truth, k: int) -> float:
     """Mean over points of ``|top-k ∩ Y| / k``."""
     k = _check_k(k)
     topk, truth = _check_inputs(topk, truth)
-    return _precision(_hits(topk, truth), k)
+    return float(_precision(_hits(topk, truth), k).sum())
 
 
 def recall_at_k(topk: np.ndarray, truth, k: int) -> float:
     """Mean over points of ``|top-k ∩ Y| / |Y|`` (0 for a point without positives)."""
     k = _check_k(k)
     topk, truth = _check_inputs(topk, truth)
-    return _recall(_hits(topk, truth), np.diff(truth.indptr), k)
+    return float(_recall(_hits(topk, truth), np.diff(truth.indptr), k).sum())
 
 
 def ndcg_at_k(topk: np.ndarray, truth, k: int) -> float:
     """Mean over points of DCG@k over the ideal DCG@k with ``min(k, |Y|)`` hits (0 without positives)."""
     k = _check_k(k)
     topk, truth = _check_inputs(topk, truth)
-    return _ndcg(_hits(topk, truth), np.diff(truth.indptr), k)
+    return float(_ndcg(_hits(topk, truth), np.diff(truth.indptr), k).sum())
 
 
 def mrr_at_k(topk: np.ndarray, truth, k: int) -> float:
     """Mean reciprocal rank of the first true label within the top ``k`` (0 when none)."""
     k = _check_k(k)
     topk, truth = _check_inputs(topk, truth)
-    return _mrr(_hits(topk, truth), k)
+    return float(_mrr(_hits(topk, truth), k).sum())
 
 
 def psp_at_k(topk: np.ndarray, truth, inv_propensity: np.ndarray, k: int) -> float:
@@ -241,7 +239,7 @@ def psp_at_k(topk: np.ndarray, truth, inv_propensity: np.ndarray, k: int) -> flo
     k = _check_k(k)
     topk, truth = _check_inputs(topk, truth)
     weights = _check_weights(inv_propensity, truth.shape[1])
-    return _psp(_hits(topk, truth), topk, _top_true_weights(truth, weights, k), weights, k)
+    return float(_psp(_hits(topk, truth), topk, _top_true_weights(truth, weights, k), weights, k).sum())
 
 
 def psndcg_at_k(topk: np.ndarray, truth, inv_propensity: np.ndarray, k: int) -> float:
@@ -250,7 +248,7 @@ def psndcg_at_k(topk: np.ndarray, truth, inv_propensity: np.ndarray, k: int) -> 
     topk, truth = _check_inputs(topk, truth)
     weights = _check_weights(inv_propensity, truth.shape[1])
     best = _top_true_weights(truth, weights, k)
-    return _psndcg(_hits(topk, truth), topk, best, weights, np.diff(truth.indptr), k)
+    return float(_psndcg(_hits(topk, truth), topk, best, weights, np.diff(truth.indptr), k).sum())
 
 
 def xmc_metrics(
@@ -263,6 +261,18 @@ def xmc_metrics(
     ``psp@k`` / ``psndcg@k`` when ``inv_propensity`` is given, and ``recall@k`` / ``mrr@k`` at 10, 20, 50, 100
     as far as ``topk`` is wide enough. Filtered pairs must already be removed from ``topk``.
     """
+    return {name: float(c.sum()) for name, c in metric_contributions(topk, truth, ks, inv_propensity).items()}
+
+
+def metric_contributions(
+    topk: np.ndarray,
+    truth,
+    ks: Iterable[int] = (1, 3, 5),
+    inv_propensity: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The metrics of :func:`xmc_metrics` point by point: each an ``(n,)`` array that sums to the metric (a mean's
+    terms over ``n``, PSP's over its best-achievable denominator), so two rankings of the same points can be
+    compared with a paired test (:func:`dexml_hf.retrieval.grid_search`'s guard margin)."""
     ks = sorted({_check_k(k) for k in ks})
     if not ks:
         raise ValueError("ks must name at least one cut-off")
@@ -271,20 +281,20 @@ def xmc_metrics(
         raise ValueError(f"ks asks for @{ks[-1]} but topk has only {topk.shape[1]} columns")
     hits = _hits(topk, truth)
     n_true = np.diff(truth.indptr)
-    metrics: dict[str, float] = {}
+    out: dict[str, np.ndarray] = {}
     for k in ks:
-        metrics[f"precision@{k}"] = _precision(hits, k)
-        metrics[f"ndcg@{k}"] = _ndcg(hits, n_true, k)
+        out[f"precision@{k}"] = _precision(hits, k)
+        out[f"ndcg@{k}"] = _ndcg(hits, n_true, k)
     for k in sorted(set(ks) | {k for k in EXTRA_RANK_KS if k <= topk.shape[1]}):
-        metrics[f"recall@{k}"] = _recall(hits, n_true, k)
-        metrics[f"mrr@{k}"] = _mrr(hits, k)
+        out[f"recall@{k}"] = _recall(hits, n_true, k)
+        out[f"mrr@{k}"] = _mrr(hits, k)
     if inv_propensity is not None:
         weights = _check_weights(inv_propensity, truth.shape[1])
         best = _top_true_weights(truth, weights, ks[-1])
         for k in ks:
-            metrics[f"psp@{k}"] = _psp(hits, topk, best, weights, k)
-            metrics[f"psndcg@{k}"] = _psndcg(hits, topk, best, weights, n_true, k)
-    return metrics
+            out[f"psp@{k}"] = _psp(hits, topk, best, weights, k)
+            out[f"psndcg@{k}"] = _psndcg(hits, topk, best, weights, n_true, k)
+    return out
 
 
 def frequency_buckets(frequencies: np.ndarray, n_buckets: int = 3) -> np.ndarray:
@@ -325,9 +335,9 @@ def bucket_metrics(
         in_bucket = hits & (pred_bucket == b)
         row: dict[str, float] = {"labels": float((buckets == b).sum())}
         for k in ks:
-            row[f"precision@{k}"] = _precision(in_bucket, k)
+            row[f"precision@{k}"] = float(_precision(in_bucket, k).sum())
             if weights is not None:
-                row[f"psp@{k}"] = _psp(in_bucket, topk, best, weights, k)
+                row[f"psp@{k}"] = float(_psp(in_bucket, topk, best, weights, k).sum())
         out[name] = row
     return out
 
@@ -370,8 +380,8 @@ def label_group_metrics(
             hits = _hits(ranked, sub_truth[rows])
             n_true = np.diff(sub_truth[rows].indptr)
             for k in ks:
-                group[f"precision@{k}"] = _precision(hits, k)
-                group[f"recall@{k}"] = _recall(hits, n_true, k)
-                group[f"ndcg@{k}"] = _ndcg(hits, n_true, k)
+                group[f"precision@{k}"] = float(_precision(hits, k).sum())
+                group[f"recall@{k}"] = float(_recall(hits, n_true, k).sum())
+                group[f"ndcg@{k}"] = float(_ndcg(hits, n_true, k).sum())
         out[name] = group
     return out

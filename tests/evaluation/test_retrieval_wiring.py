@@ -42,6 +42,8 @@ def test_options_are_validated(tmp_path):
         _args(tmp_path, label_cooccurrence_top=3)
     with pytest.raises(UsageError, match="retrieval_metric"):
         _args(tmp_path, retrieval_metric="p@1")
+    with pytest.raises(UsageError, match="retrieval_guard_margin"):
+        _args(tmp_path, retrieval_guard_margin=-0.5)
     with pytest.raises(UsageError, match="needs test_split"):
         _args(tmp_path, retrieval_memory=True, test_split=None)
 
@@ -59,12 +61,13 @@ def test_trainer_trains_on_label_rows_and_evaluates_on_the_original(tiny_model, 
 
 
 def test_memory_is_tuned_saved_and_used_by_predict_and_evaluate(tiny_model, synthetic, tmp_path, capsys):
-    args = _args(tmp_path, retrieval_memory=True, retrieval_metric="precision@1+psp@5")
+    args = _args(tmp_path, retrieval_memory=True, retrieval_metric="precision@1+psp@5", retrieval_guard_margin=0.5)
     trainer = DEXMLTrainer(model=tiny_model, args=args, train_dataset=synthetic)
     trainer.train()
     memory = trainer.label_index.memory
     assert memory is not None and len(memory) == 120 and memory.tuning["split"] == "validation"
     assert memory.tuning["metric"] == "precision@1+psp@5"  # the trainer's criterion reached the tuning
+    assert memory.tuning["guard"] == "psp@1" and memory.tuning["guard_margin"] == 0.5
     assert trainer.dual_encoder_metrics is not None
     trainer.save_model()
     out = tmp_path / "out"
@@ -133,3 +136,8 @@ def test_memory_command_tunes_on_validation_and_saves(tiny_model, tiny_model_pat
     assert LabelIndex.load(out).memory.tuning["metric"] == "precision@1+psp@5"
     assert main([*argv, "--metric", "precision@1+psp5"]) == 2
     assert "--metric" in capsys.readouterr().err
+    assert LabelIndex.load(out).memory.tuning["guard_margin"] == 1.0  # the default
+    assert main([*argv, "--guard_margin", "0.25"]) == 0
+    assert LabelIndex.load(out).memory.tuning["guard_margin"] == 0.25
+    assert main([*argv, "--guard_margin", "-1"]) == 2
+    assert "--guard_margin" in capsys.readouterr().err
