@@ -96,9 +96,16 @@ def train(base, xmc, args, workdir: str, augment: bool):
 
     model = copy.deepcopy(base)
     extra = {"max_steps": args.steps} if args.steps else {"num_train_epochs": args.epochs}
+    negatives = getattr(args, "negatives", "in_batch")  # fusion_tail.py's lever: hard negatives after epoch 1
+    if negatives == "hard":
+        extra.update(
+            hard_negatives_start_epoch=args.hard_start_epoch,
+            num_hard_negatives=args.num_hard,
+            shortlist_size=args.shortlist,
+        )
     training_args = DEXMLTrainingArguments(
         output_dir=workdir,
-        negatives="in_batch",
+        negatives=negatives,
         temperature=0.05,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr,

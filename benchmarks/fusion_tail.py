@@ -6,7 +6,9 @@ tuned on the **validation** split and scored on test, side by side:
 
 - ``dual encoder``: λ = 1;
 - ``fusion (P@1)``: λ, k, T chosen by P@1 — what the recipes did;
-- ``fusion (P@1, guard PSP@1)``: the same grid, only points whose validation PSP@1 is at least the dual encoder's;
+- ``fusion (P@1, guard PSP@1, margin m)``: the same grid, only points whose validation PSP@1 clears the dual
+  encoder's by ``m`` standard errors of the paired per-query difference (``grid_search(guard_margin=)``; 0 = a plain
+  comparison);
 - ``+ agreement gate``: a per-query λ, ``1 − (1 − λ)·a_q^γ`` with ``a_q`` the neighbours' agreement
   (``dexml_hf.retrieval.query_weights``; γ in the grid), with and without the guard.
 
@@ -31,13 +33,15 @@ from eurlex_rae import DATASETS, METRICS, base_model, load_data, train  # noqa: 
 logger = logging.getLogger("fusion_tail")
 
 GATES = (0.0, 1.0, 2.0, 4.0)
-#: (row name, selection metric, guard, agreement exponents)
+#: (row name, selection metric, guard, guard margin in standard errors, agreement exponents)
 VARIANTS = (
-    ("fusion (P@1)", "precision@1", None, (0.0,)),
-    ("fusion (P@1, guard PSP@1)", "precision@1", "psp@1", (0.0,)),
-    ("fusion + agreement gate (P@1)", "precision@1", None, GATES),
-    ("fusion + agreement gate (P@1, guard PSP@1)", "precision@1", "psp@1", GATES),
-    ("fusion + agreement gate (P@1+PSP@1, guard PSP@1)", "precision@1+psp@1", "psp@1", GATES),
+    ("fusion (P@1)", "precision@1", None, 0.0, (0.0,)),
+    ("fusion (P@1, guard PSP@1, margin 0)", "precision@1", "psp@1", 0.0, (0.0,)),
+    ("fusion + agreement gate (P@1)", "precision@1", None, 0.0, GATES),
+    ("fusion + agreement gate (P@1, guard PSP@1, margin 0)", "precision@1", "psp@1", 0.0, GATES),
+    ("fusion + agreement gate (P@1, guard PSP@1, margin 1) — the default", "precision@1", "psp@1", 1.0, GATES),
+    ("fusion + agreement gate (P@1, guard PSP@1, margin 2)", "precision@1", "psp@1", 2.0, GATES),
+    ("fusion + agreement gate (P@1+PSP@1, guard PSP@1, margin 1)", "precision@1+psp@1", "psp@1", 1.0, GATES),
 )
 
 
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-max-length", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--augment", action="store_true", help="train with label texts as extra queries")
+    parser.add_argument("--negatives", default="in_batch", choices=["in_batch", "hard"])
+    parser.add_argument("--hard-start-epoch", type=int, default=1, help="hard: first epoch with mined negatives")
+    parser.add_argument("--num-hard", type=int, default=1, help="hard: mined negatives per query")
+    parser.add_argument("--shortlist", type=int, default=100, help="hard: mined from each query's top labels")
     parser.add_argument("--model-dir", default=None, help="save the trained model here; reuse it when present")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return {**out, "tuning s": round(seconds, 1), "notes": note}
 
     rows = [row("dual encoder", test_metrics())]
-    for name, metric, guard, gates in VARIANTS:
+    for name, metric, guard, margin, gates in VARIANTS:
         start = time.perf_counter()
         result = grid_search(
             index,
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             inv_p,
             exclude=xmc.filters.get("validation"),
             guard=guard,
+            guard_margin=margin,
         )
         seconds = time.perf_counter() - start
         note = f"λ {result.lam}, k {result.k}, T {result.temperature}, gate {result.agreement}"
