@@ -47,6 +47,7 @@ VARIANTS = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="600 train / 100 validation / 200 test queries, 10 steps")
     parser.add_argument("--dataset", default="cooking", choices=DATASETS)
     parser.add_argument("--data", default=None, help="the EURLEX57K folder (default: the shared one)")
     parser.add_argument("--max-train", type=int, default=None)
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     args.cooccurrence_top = 0
+    if args.quick:
+        args.max_train, args.max_val, args.max_test = args.max_train or 600, args.max_val or 100, args.max_test or 200
+        args.steps = args.steps or 10
     if args.data is None:
         from common import SHARED_DATA
 

@@ -638,7 +638,7 @@ def grid_search(
     gates = sorted({float(x) for x in grid["agreement"]})
     for lam, knn, temp, gate in itertools.product(lams, ks_nn, temps, gates):
         _check_params(lam, knn, temp, gate)
-    if isinstance(guard_margin, bool) or not (isinstance(guard_margin, (int, float)) and 0 <= guard_margin < float("inf")):
+    if isinstance(guard_margin, bool) or not isinstance(guard_margin, (int, float)) or not 0 <= guard_margin < 1e300:
         raise ValueError(f"guard_margin must be a finite number >= 0 (standard errors), got {guard_margin!r}")
     parts = parse_selection_metric(metric)
     guards = parse_selection_metric(guard) if guard else []

@@ -27,7 +27,9 @@ NEEDS_DATA = {
     "eurlex_negatives",
     "eurlex_rae",
     "eval_length",
+    "fusion_tail",
     "movielens",
+    "predict_throughput",
     "zero_shot",
 }
 TIMEOUT_S = 1800  # quick modes take minutes on 2 idle cores; the shared machine can be several times slower
@@ -42,7 +44,16 @@ def _scripts() -> list[str]:
 
 def _extra_args(name: str, tmp_path: Path) -> list[str]:
     """Keep the scripts' result files out of the checkout where a script lets us say where they go."""
-    if name in ("accuracy", "ann", "ann_eurlex", "eurlex_rae", "eval_length", "zero_shot"):
+    if name in (
+        "accuracy",
+        "ann",
+        "ann_eurlex",
+        "eurlex_rae",
+        "eval_length",
+        "fusion_tail",
+        "predict_throughput",
+        "zero_shot",
+    ):
         return ["--output", str(tmp_path / f"{name}_quick.json")]
     return []
 

@@ -132,8 +132,15 @@ def test_guard_margin_is_a_paired_test_on_per_query_psp():
         best_eligible = max(p["precision@1"] for p in result.grid if p["eligible"])
         assert result.value == best_eligible
     assert (0.0, True) in seen and (2.0, False) in seen  # the margin changed what was allowed
-    n_ok = [sum(p["eligible"] for p in grid_search(index, memory, qt, truth, "precision@1", grid, inv_p,
-                                                    guard="psp@1", guard_margin=m).grid) for m in (0.0, 2.0)]
+    n_ok = [
+        sum(
+            p["eligible"]
+            for p in grid_search(
+                index, memory, qt, truth, "precision@1", grid, inv_p, guard="psp@1", guard_margin=m
+            ).grid
+        )
+        for m in (0.0, 2.0)
+    ]
     assert n_ok[0] > n_ok[1]
 
 
