@@ -518,6 +518,8 @@ class DEXMLModelCardCallback(SentenceTransformerModelCardCallback):
                 "k": memory.k,
                 "temperature": memory.temperature,
                 "agreement": memory.agreement,
+                "guard": (memory.tuning or {}).get("guard"),
+                "guard_margin": (memory.tuning or {}).get("guard_margin"),
             }
         card.num_eval_queries = min(xmc.num_queries(split), args.max_test_samples or xmc.num_queries(split))
 

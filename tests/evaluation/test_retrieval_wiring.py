@@ -75,6 +75,8 @@ def test_memory_is_tuned_saved_and_used_by_predict_and_evaluate(tiny_model, synt
     assert results["retrieval"]["lam"] == memory.lam and "dual_encoder_metrics" in results
     loaded = LabelIndex.load(out / "label_index")
     assert loaded.memory is not None and loaded.memory.k == memory.k
+    card = " ".join((out / "README.md").read_text().split())
+    assert "validation psp@1 cleared the dual encoder's own by 0.5 standard errors" in card
 
     texts = synthetic.query_texts("test")[:3]
     capsys.readouterr()  # the training logs
