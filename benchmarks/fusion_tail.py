@@ -39,8 +39,8 @@ VARIANTS = (
     ("fusion (P@1, guard PSP@1, margin 0)", "precision@1", "psp@1", 0.0, (0.0,)),
     ("fusion + agreement gate (P@1)", "precision@1", None, 0.0, GATES),
     ("fusion + agreement gate (P@1, guard PSP@1, margin 0)", "precision@1", "psp@1", 0.0, GATES),
-    ("fusion + agreement gate (P@1, guard PSP@1, margin 1) — the default", "precision@1", "psp@1", 1.0, GATES),
-    ("fusion + agreement gate (P@1, guard PSP@1, margin 2)", "precision@1", "psp@1", 2.0, GATES),
+    ("fusion + agreement gate (P@1, guard PSP@1, margin 1)", "precision@1", "psp@1", 1.0, GATES),
+    ("fusion + agreement gate (P@1, guard PSP@1, margin 2) — the default", "precision@1", "psp@1", 2.0, GATES),
     ("fusion + agreement gate (P@1+PSP@1, guard PSP@1, margin 1)", "precision@1+psp@1", "psp@1", 1.0, GATES),
 )
 

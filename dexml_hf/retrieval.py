@@ -612,7 +612,7 @@ def grid_search(
     split: str = "validation",
     show_progress_bar: bool | None = None,
     guard: str | None = None,
-    guard_margin: float = 1.0,
+    guard_margin: float = 2.0,
 ) -> TuningResult:
     """Evaluate every ``(λ, k, T, agreement)`` of ``grid`` on the given (validation) queries and pick the best by
     ``metric`` among the points that keep every ``guard`` metric (e.g. ``"psp@1"``, several joined by ``+``) at
@@ -762,7 +762,7 @@ def tune_retrieval(
     train_embeddings: torch.Tensor | None = None,
     show_progress_bar: bool | None = None,
     guard: str | None = None,
-    guard_margin: float = 1.0,
+    guard_margin: float = 2.0,
 ) -> RetrievalMemory:
     """Build the retrieval memory of ``xmc``'s train split, choose ``λ``, ``k`` and ``T`` on validation data,
     attach the memory to ``index`` (``index.memory``) and return it. Never looks at the test split.

@@ -261,7 +261,7 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
         },
     )
     retrieval_guard_margin: float = field(
-        default=1.0,
+        default=2.0,
         metadata={
             "help": "`retrieval_guard`: standard errors (of the paired per-query difference on validation) by which a "
             "grid point must clear the guard; 0 = a plain comparison, which small validation sets pass by chance."

@@ -42,7 +42,7 @@ class MemoryArguments:
         },
     )
     guard_margin: float = field(
-        default=1.0,
+        default=2.0,
         metadata={"help": "standard errors of the paired per-query difference by which a point must clear the guard"},
     )
     holdout: int = field(default=2000, metadata={"help": "without a validation split: train queries held out"})

@@ -138,7 +138,7 @@ def test_memory_command_tunes_on_validation_and_saves(tiny_model, tiny_model_pat
     assert LabelIndex.load(out).memory.tuning["metric"] == "precision@1+psp@5"
     assert main([*argv, "--metric", "precision@1+psp5"]) == 2
     assert "--metric" in capsys.readouterr().err
-    assert LabelIndex.load(out).memory.tuning["guard_margin"] == 1.0  # the default
+    assert LabelIndex.load(out).memory.tuning["guard_margin"] == 2.0  # the default
     assert main([*argv, "--guard_margin", "0.25"]) == 0
     assert LabelIndex.load(out).memory.tuning["guard_margin"] == 0.25
     assert main([*argv, "--guard_margin", "-1"]) == 2
