@@ -96,7 +96,7 @@ def train(base, xmc, args, workdir: str, augment: bool):
 
     model = copy.deepcopy(base)
     extra = {"max_steps": args.steps} if args.steps else {"num_train_epochs": args.epochs}
-    negatives = getattr(args, "negatives", "in_batch")  # fusion_tail.py's lever: hard negatives after epoch 1
+    negatives = getattr(args, "negatives", "in_batch")  # fusion_tail.py: hard (after epoch 1) or all_cached
     if negatives == "hard":
         extra.update(
             hard_negatives_start_epoch=args.hard_start_epoch,

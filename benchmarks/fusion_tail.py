@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-max-length", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--augment", action="store_true", help="train with label texts as extra queries")
-    parser.add_argument("--negatives", default="in_batch", choices=["in_batch", "hard"])
+    parser.add_argument("--negatives", default="in_batch", choices=["in_batch", "hard", "all_cached"])
     parser.add_argument("--hard-start-epoch", type=int, default=1, help="hard: first epoch with mined negatives")
     parser.add_argument("--num-hard", type=int, default=1, help="hard: mined negatives per query")
     parser.add_argument("--shortlist", type=int, default=100, help="hard: mined from each query's top labels")
