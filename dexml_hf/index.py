@@ -30,7 +30,7 @@ import torch
 from dexml_hf.encoding import encode_texts, model_name_of, prompt_name_for, resolve_normalize
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.evaluation.topk import DeviceCopy, chunked_topk, exclude_to_csr
-from dexml_hf.io import ArrowColumn, atomic_folder, read_arrow_columns, write_arrow_columns
+from dexml_hf.io import ArrowColumn, ConfigFields, atomic_folder, read_arrow_columns, write_arrow_columns
 from dexml_hf.retrieval import MEMORY_APPROXIMATE_DIR, MEMORY_FILE, RetrievalMemory, search_with_memory
 
 if TYPE_CHECKING:
@@ -573,37 +573,38 @@ class LabelIndex:
                 config = json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path}: invalid JSON at line {err.lineno}: {err.msg}") from err
-        version = config.get("format_version", FORMAT_VERSION)
+        fields = ConfigFields(config, str(config_path))
+        version = fields.get("format_version", default=FORMAT_VERSION)
         if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
             raise ValueError(
                 f"{config_path}: format_version {version!r} is not one this dexml_hf reads (1 to {FORMAT_VERSION}); "
                 "a newer index needs a newer dexml_hf (pip install -U dexml_hf)"
             )
         emb = _read_embeddings(path / EMBEDDINGS_FILE)
-        if config.get("n_labels") is not None and emb.shape[0] != config["n_labels"]:
-            raise ValueError(
-                f"{config_path}: field n_labels={config['n_labels']} but embeddings have {emb.shape[0]} rows"
-            )
+        n_labels = fields.get("n_labels", int, None)
+        if n_labels is not None and emb.shape[0] != n_labels:
+            raise ValueError(f"{config_path}: field n_labels={n_labels} but embeddings have {emb.shape[0]} rows")
         if version >= 3:
-            columns = read_arrow_columns(path / config.get("labels_file", LABELS_FILE))
+            columns = read_arrow_columns(fields.member("labels_file", path, LABELS_FILE))
             label_ids, texts = columns.get("label_id"), columns.get("text")
         else:  # formats 1 and 2: ids and texts inside the JSON
-            label_ids, texts = config.get("label_ids"), config.get("texts")
+            label_ids, texts = fields.get("label_ids", list, None), fields.get("texts", list, None)
+        memory = fields.get("memory", dict, None)
         index = cls(
             emb,
             label_ids=label_ids,
             texts=texts,
-            normalized=config.get("normalized", False),
-            model_name=config.get("model_name"),
-            dtype=config.get("dtype", "float32"),
+            normalized=fields.get("normalized", bool, False),
+            model_name=fields.get("model_name", str, None),
+            dtype=fields.get("dtype", str, "float32"),
             backend=backend,
-            query_prompt_name=config.get("query_prompt_name"),
-            label_prompt_name=config.get("label_prompt_name"),
-            memory=RetrievalMemory.load(path, config["memory"]) if load_memory and config.get("memory") else None,
+            query_prompt_name=fields.get("query_prompt_name", str, None),
+            label_prompt_name=fields.get("label_prompt_name", str, None),
+            memory=RetrievalMemory.load(path, memory) if load_memory and memory else None,
             device=device,
             memory_budget=memory_budget,
         )
-        if load_approximate and config.get("approximate"):
+        if load_approximate and fields.get("approximate", dict, None):
             index._load_approximate(path)
         return index
 
