@@ -39,6 +39,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from dexml_hf.io import ConfigFields
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ANN_CONFIG_FILE", "ANN_INDEX_FILE", "ApproximateIndex", "allowed_params", "recall_at_k"]
@@ -602,7 +604,8 @@ class ApproximateIndex:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path}: invalid JSON at line {err.lineno}: {err.msg}") from err
-        version = config.get("format_version")
+        fields = ConfigFields(config, str(config_path))
+        version = fields.get("format_version", default=None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{config_path}: format_version {version!r}; this dexml_hf reads {FORMAT_VERSION}")
         for field, allowed in (("kind", KINDS), ("codes", CODES)):
@@ -611,7 +614,7 @@ class ApproximateIndex:
         faiss = _faiss()
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         index = faiss.read_index(str(folder / ANN_INDEX_FILE), flags)
-        n = int(config["n_rows"])
+        n = fields.get("n_rows", int)
         mode = "r" if mmap else None
 
         def read(name: str):
@@ -619,18 +622,19 @@ class ApproximateIndex:
 
         ids = read(IDS_FILE)
         ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-        if len(ids) != n or index.d != config.get("dim", index.d):
+        if len(ids) != n or index.d != fields.get("dim", int, index.d):
             raise ValueError(f"{folder}: {len(ids)} ids / {index.d} dims, but {ANN_CONFIG_FILE} says {n} rows")
         owned = None
-        if config.get("vectors"):
-            owned = read(config["vectors"])
+        vectors_file = fields.member("vectors", folder, None)
+        if vectors_file is not None:
+            owned = read(vectors_file.name)
             if owned is None:
-                raise FileNotFoundError(f"{folder / config['vectors']} is missing: {ANN_CONFIG_FILE} declares it")
+                raise FileNotFoundError(f"{vectors_file} is missing: {ANN_CONFIG_FILE} declares it")
         out = cls(
             index,
             config["kind"],
             config["codes"],
-            config["params"],
+            fields.get("params", dict),
             ids,
             vectors=owned if owned is not None else vectors,
         )
@@ -638,5 +642,5 @@ class ApproximateIndex:
         removed = read(REMOVED_FILE)
         if removed is not None:
             out.removed[np.asarray(removed, dtype=np.int64)] = True
-        out.recall = config.get("recall")
+        out.recall = fields.get("recall", dict, None)
         return out

@@ -30,7 +30,7 @@ import torch
 from dexml_hf.encoding import encode_texts, model_name_of, prompt_name_for, resolve_normalize
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.evaluation.topk import DeviceCopy, chunked_topk, exclude_to_csr
-from dexml_hf.io import ArrowColumn, atomic_folder, read_arrow_columns, write_arrow_columns
+from dexml_hf.io import ArrowColumn, ConfigFields, atomic_folder, read_arrow_columns, write_arrow_columns
 from dexml_hf.retrieval import MEMORY_APPROXIMATE_DIR, MEMORY_FILE, RetrievalMemory, search_with_memory
 
 if TYPE_CHECKING:
@@ -131,6 +131,9 @@ class LabelIndex:
         if emb.ndim != 2:
             raise ValueError(f"embeddings must be 2-D (labels × dims), got shape {tuple(emb.shape)}")
         self.embeddings = emb.to(_DTYPES[dtype]).contiguous()
+        #: whether ``embeddings`` is the index's own memory, which :meth:`update_labels` may write: not when it is
+        #: the caller's tensor (or array) as given, or a tensor read from a file
+        self._owns_embeddings = self.embeddings is not emb
         self.dtype = "float16" if _DTYPES[dtype] == torch.float16 else "float32"
         n = self.embeddings.shape[0]
         for field, values in (("label_ids", label_ids), ("texts", texts)):
@@ -427,6 +430,7 @@ class LabelIndex:
         emb = self._encode_labels(model, texts, batch_size, show_progress_bar)
         start = len(self)
         self.embeddings = torch.cat([self.embeddings, emb]).contiguous()
+        self._owns_embeddings = True
         if self.label_ids is not None:
             self.label_ids = _extend(self.label_ids, ids)
         if self.texts is not None:
@@ -447,6 +451,7 @@ class LabelIndex:
         if len(keep) == 0:
             raise UsageError("removing every label would leave an empty index")
         self.embeddings = self.embeddings[torch.from_numpy(keep)].contiguous()
+        self._owns_embeddings = True
         if self.label_ids is not None:
             self.label_ids = _take(self.label_ids, keep)
         if self.texts is not None:
@@ -466,7 +471,10 @@ class LabelIndex:
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
-        """Re-embed the labels ``ids`` from new ``texts`` in place (positions and memory columns unchanged)."""
+        """Re-embed the labels ``ids`` from new ``texts`` in place (positions and memory columns unchanged).
+
+        The rows are written into the index's own table; a table that is the caller's tensor or read from a file is
+        copied once first (the caller's data never changes)."""
         texts, ids = list(texts), list(ids)
         if len(texts) != len(ids):
             raise UsageError(f"{len(texts)} texts for {len(ids)} ids")
@@ -474,14 +482,13 @@ class LabelIndex:
         if not len(positions):
             return positions
         emb = self._encode_labels(model, texts, batch_size, show_progress_bar)
-        embeddings = self.embeddings.clone()
-        embeddings[torch.from_numpy(positions)] = emb
-        self.embeddings = embeddings
+        if not self._owns_embeddings:
+            self.embeddings = self.embeddings.clone()
+            self._owns_embeddings = True
+        self.embeddings[torch.from_numpy(positions)] = emb
+        self._on_device = DeviceCopy()  # the same tensor with new rows: a copy on the device is stale
         if self.texts is not None:
-            new = list(self.texts)
-            for p, t in zip(positions.tolist(), texts):
-                new[p] = t
-            self.texts = new
+            self.texts = _replace(self.texts, positions, texts)
         if self.approximate is not None:  # rows changed in place: the approximate index is rebuilt on them
             self._rebuild_approximate()
         self._faiss_index = None
@@ -573,37 +580,38 @@ class LabelIndex:
                 config = json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path}: invalid JSON at line {err.lineno}: {err.msg}") from err
-        version = config.get("format_version", FORMAT_VERSION)
+        fields = ConfigFields(config, str(config_path))
+        version = fields.get("format_version", default=FORMAT_VERSION)
         if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
             raise ValueError(
                 f"{config_path}: format_version {version!r} is not one this dexml_hf reads (1 to {FORMAT_VERSION}); "
                 "a newer index needs a newer dexml_hf (pip install -U dexml_hf)"
             )
         emb = _read_embeddings(path / EMBEDDINGS_FILE)
-        if config.get("n_labels") is not None and emb.shape[0] != config["n_labels"]:
-            raise ValueError(
-                f"{config_path}: field n_labels={config['n_labels']} but embeddings have {emb.shape[0]} rows"
-            )
+        n_labels = fields.get("n_labels", int, None)
+        if n_labels is not None and emb.shape[0] != n_labels:
+            raise ValueError(f"{config_path}: field n_labels={n_labels} but embeddings have {emb.shape[0]} rows")
         if version >= 3:
-            columns = read_arrow_columns(path / config.get("labels_file", LABELS_FILE))
+            columns = read_arrow_columns(fields.member("labels_file", path, LABELS_FILE))
             label_ids, texts = columns.get("label_id"), columns.get("text")
         else:  # formats 1 and 2: ids and texts inside the JSON
-            label_ids, texts = config.get("label_ids"), config.get("texts")
+            label_ids, texts = fields.get("label_ids", list, None), fields.get("texts", list, None)
+        memory = fields.get("memory", dict, None)
         index = cls(
             emb,
             label_ids=label_ids,
             texts=texts,
-            normalized=config.get("normalized", False),
-            model_name=config.get("model_name"),
-            dtype=config.get("dtype", "float32"),
+            normalized=fields.get("normalized", bool, False),
+            model_name=fields.get("model_name", str, None),
+            dtype=fields.get("dtype", str, "float32"),
             backend=backend,
-            query_prompt_name=config.get("query_prompt_name"),
-            label_prompt_name=config.get("label_prompt_name"),
-            memory=RetrievalMemory.load(path, config["memory"]) if load_memory and config.get("memory") else None,
+            query_prompt_name=fields.get("query_prompt_name", str, None),
+            label_prompt_name=fields.get("label_prompt_name", str, None),
+            memory=RetrievalMemory.load(path, memory) if load_memory and memory else None,
             device=device,
             memory_budget=memory_budget,
         )
-        if load_approximate and config.get("approximate"):
+        if load_approximate and fields.get("approximate", dict, None):
             index._load_approximate(path)
         return index
 
@@ -717,6 +725,18 @@ def _take(column, positions: np.ndarray):
     if isinstance(column, ArrowColumn):
         return ArrowColumn(column.array.take(positions))
     return [column[i] for i in positions.tolist()]
+
+
+def _replace(column, positions: np.ndarray, values: Sequence[Any]):
+    """``column`` with ``values`` at ``positions``: a list (the index's own) in place, an Arrow column by one
+    ``take`` over it and the new values (no Python object per label)."""
+    if isinstance(column, ArrowColumn):
+        order = np.arange(len(column))
+        order[positions] = len(column) + np.arange(len(values))
+        return ArrowColumn(_extend(column, values).array.take(order))
+    for p, value in zip(positions.tolist(), values):
+        column[p] = value
+    return column
 
 
 def _read_embeddings(file: Path) -> torch.Tensor:

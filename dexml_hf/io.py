@@ -21,6 +21,7 @@ from dexml_hf.errors import DataError, UsageError
 
 __all__ = [
     "ArrowColumn",
+    "ConfigFields",
     "atomic_folder",
     "read_arrow_columns",
     "read_json",
@@ -53,6 +54,45 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from err
+
+
+_REQUIRED = object()
+
+
+class ConfigFields:
+    """The fields of a saved folder's JSON config, read without trusting them (a folder may come from the Hub or
+    be edited by hand): a missing or mistyped field is a :class:`DataError` naming ``where`` (the file, and the
+    entry of a nested config) and the field, not a bare ``KeyError`` later, and a file name in the config cannot
+    reach outside the folder."""
+
+    def __init__(self, config: Any, where: str):
+        if not isinstance(config, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(config).__name__}")
+        self.config, self.where = config, where
+
+    def get(self, field: str, kind: type | tuple[type, ...] | None = None, default: Any = _REQUIRED) -> Any:
+        """``config[field]`` when it is a ``kind`` (``True`` is no ``int``); ``default`` when it is absent or null,
+        an error when there is no default."""
+        value = self.config.get(field)
+        if value is None:
+            if default is _REQUIRED:
+                raise DataError(f"{self.where}: required field {field!r} is missing")
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if kind is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise DataError(f"{self.where}: field {field!r} must be {expected}, got {value!r}")
+        return value
+
+    def member(self, field: str, folder: str | os.PathLike, default: Any = _REQUIRED) -> Path | None:
+        """The file ``folder / config[field]``; the name must be a plain file name (no folder part, not absolute,
+        not ``..``), so the config can only point at the folder's own files."""
+        name = self.get(field, str, default)
+        if name is None:
+            return None
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise DataError(f"{self.where}: field {field!r}={name!r} must be the name of a file inside {folder}")
+        return Path(folder) / name
 
 
 # ---- Arrow columns (label ids and texts): memory-mapped, so a 10M-label table costs page cache, not heap ----------

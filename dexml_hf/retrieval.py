@@ -326,9 +326,10 @@ class RetrievalMemory:
     @classmethod
     def load(cls, path: str | os.PathLike, config: dict[str, Any]) -> RetrievalMemory:
         """Read ``memory.safetensors`` from the folder ``path`` with the ``"memory"`` entry of the index config."""
-        from dexml_hf.io import read_safetensors
+        from dexml_hf.io import ConfigFields, read_safetensors
 
-        file = Path(path) / config.get("file", MEMORY_FILE)
+        fields = ConfigFields(config, f"{Path(path) / 'label_index.json'}, entry 'memory'")
+        file = fields.member("file", path, MEMORY_FILE)
         if not file.is_file():
             raise FileNotFoundError(f"{file} is missing: label_index.json declares a retrieval memory")
         tensors = read_safetensors(file)
@@ -336,7 +337,7 @@ class RetrievalMemory:
         if missing:
             raise ValueError(f"{file}: missing tensors {sorted(missing)}")
         emb = tensors["embeddings"]
-        n, n_labels = config["n_queries"], config["n_labels"]
+        n, n_labels = fields.get("n_queries", int), fields.get("n_labels", int)
         indptr = tensors["label_indptr"].numpy()
         indices = tensors["label_indices"].numpy()
         if emb.shape[0] != n or len(indptr) != n + 1 or int(indptr[-1]) != len(indices):
@@ -347,15 +348,15 @@ class RetrievalMemory:
         memory = cls(
             emb,
             matrix,
-            lam=config["lam"],
-            k=config["k"],
-            temperature=config["temperature"],
-            normalized=config.get("normalized", False),
-            dtype=config.get("dtype", "float32"),
-            tuning=config.get("tuning"),
-            agreement=config.get("agreement", 0.0),
+            lam=fields.get("lam", (int, float)),
+            k=fields.get("k", int),
+            temperature=fields.get("temperature", (int, float)),
+            normalized=fields.get("normalized", bool, False),
+            dtype=fields.get("dtype", str, "float32"),
+            tuning=fields.get("tuning", dict, None),
+            agreement=fields.get("agreement", (int, float), 0.0),
         )
-        if config.get("approximate"):
+        if fields.get("approximate", dict, None):
             from dexml_hf.ann import ApproximateIndex
 
             memory.approximate = ApproximateIndex.load(Path(path) / MEMORY_APPROXIMATE_DIR, vectors=memory.embeddings)

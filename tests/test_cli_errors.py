@@ -86,7 +86,7 @@ def test_missing_model_is_a_data_error(tmp_path, capsys):
     assert "no-model" in err
 
 
-@pytest.mark.parametrize("damage", ["json", "version", "safetensors"])
+@pytest.mark.parametrize("damage", ["json", "version", "field", "labels_file", "safetensors"])
 def test_corrupt_label_index_names_the_file(tmp_path, tiny_model, tiny_model_path, capsys, damage):
     from dexml_hf.index import LabelIndex
 
@@ -96,8 +96,14 @@ def test_corrupt_label_index_names_the_file(tmp_path, tiny_model, tiny_model_pat
     if damage == "json":
         config.write_text("{not json")
         name = "label_index.json"
-    elif damage == "version":
-        config.write_text(json.dumps({**json.loads(config.read_text()), "format_version": 999}))
+    elif damage in ("version", "field", "labels_file"):
+        value = {
+            "version": ("format_version", 999),
+            "field": ("n_labels", "3"),
+            "labels_file": ("labels_file", "../x"),
+        }
+        field, bad = value[damage]
+        config.write_text(json.dumps({**json.loads(config.read_text()), field: bad}))
         name = "label_index.json"
     else:
         tensors = next(folder.glob("*.safetensors"))

@@ -61,8 +61,7 @@ class LabelEmbeddingCache:
     def state_dict(self) -> dict:
         return {"embeddings": self.embeddings, "step": self.step}
 
-    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
-        """Restore a saved table onto ``device`` (the model's: a checkpoint is read on the CPU)."""
-        embeddings = state["embeddings"]
-        self.embeddings = embeddings.to(device) if embeddings is not None and device is not None else embeddings
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a saved table as given (``checkpoints.load_negatives_state`` puts it on the model's device)."""
+        self.embeddings = state["embeddings"]
         self.step = state["step"]

@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("faiss")
 
 from dexml_hf.ann import ApproximateIndex, recall_at_k  # noqa: E402
+from dexml_hf.errors import DataError  # noqa: E402
 from dexml_hf.index import LabelIndex  # noqa: E402
 from dexml_hf.retrieval import RetrievalMemory  # noqa: E402
 
@@ -107,6 +108,29 @@ def test_save_load_round_trip_is_identical_and_pickle_free(data, tmp_path):
     assert loaded.recall == ann.recall and loaded.params == ann.params and len(loaded) == N - 50
     mapped = ApproximateIndex.load(tmp_path / "ann", mmap=True)
     np.testing.assert_array_equal(mapped.search(q, 20)[1], before[1])
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda c, outside: c.update(vectors="../outside.npy"), "'vectors'.*must be the name of a file inside"),
+        (lambda c, outside: c.update(vectors=str(outside)), "'vectors'.*must be the name of a file inside"),
+        (lambda c, outside: c.pop("n_rows"), "'n_rows' is missing"),
+        (lambda c, outside: c.update(params=[]), "'params' must be dict"),
+    ],
+)
+def test_a_malformed_config_is_refused_with_the_field_named(data, tmp_path, edit, needle):
+    """The vectors file named in ann.json must be inside the folder, even when the file outside exists."""
+    x, _ = data
+    folder = ApproximateIndex.build(x[:40], kind="flat", codes="fp16", keep_vectors=True).save(tmp_path / "ann")
+    outside = tmp_path / "outside.npy"
+    np.save(outside, x[:40])
+    config = json.loads((folder / "ann.json").read_text())
+    edit(config, outside)
+    (folder / "ann.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=needle) as err:
+        ApproximateIndex.load(folder)
+    assert "ann.json" in str(err.value)
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf", "flat"])

@@ -76,6 +76,58 @@ def test_a_damaged_labels_file_is_named(tmp_path):
         LabelIndex.load(folder)
 
 
+def _saved_with_memory(tmp_path):
+    from dexml_hf.retrieval import RetrievalMemory
+
+    g = torch.Generator().manual_seed(2)
+    labels = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1)
+    memory = RetrievalMemory(queries, np.eye(5, 7, dtype=np.float32), lam=0.5, k=2, temperature=0.1)
+    return LabelIndex(labels, normalized=True, memory=memory).save(tmp_path / "idx")
+
+
+def _edit_config(folder: Path, edit) -> None:
+    config = json.loads((folder / "label_index.json").read_text())
+    edit(config)
+    (folder / "label_index.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda c: c["memory"].pop("n_queries"), "'n_queries' is missing"),
+        (lambda c: c["memory"].pop("lam"), "'lam' is missing"),
+        (lambda c: c["memory"].update(k="3"), "'k' must be int"),
+        (lambda c: c["memory"].update(temperature=True), "'temperature' must be int or float"),
+        (lambda c: c.update(n_labels=7.0), "'n_labels' must be int"),
+        (lambda c: c.update(memory=[1]), "'memory' must be dict"),
+    ],
+)
+def test_a_malformed_config_field_is_named(tmp_path, edit, needle):
+    folder = _saved_with_memory(tmp_path)
+    _edit_config(folder, edit)
+    with pytest.raises(DataError, match=needle) as err:
+        LabelIndex.load(folder)
+    assert "label_index.json" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "entry,field,name", [(None, "labels_file", "labels.feather"), ("memory", "file", "memory.safetensors")]
+)
+@pytest.mark.parametrize("escape", ["../outside", "{outside}", "sub/{name}", ".."])
+def test_file_names_in_the_config_cannot_leave_the_folder(tmp_path, entry, field, name, escape):
+    """A downloaded folder's config must not make the loader read a file elsewhere, even one that exists."""
+    folder = _saved_with_memory(tmp_path)
+    outside = tmp_path / "outside"
+    (folder / name).rename(outside)
+    (folder / "sub").mkdir()
+    (folder / "sub" / name).symlink_to(outside)
+    value = escape.format(outside=outside, name=name)
+    _edit_config(folder, lambda c: (c[entry] if entry else c).update({field: value}))
+    with pytest.raises(DataError, match=f"'{field}'.*must be the name of a file inside"):
+        LabelIndex.load(folder)
+
+
 def test_labels_are_memory_mapped_not_read_into_the_heap(tmp_path):
     n = 200_000
     texts = [f"a fairly long label text number {i:08d} for the arrow file" for i in range(n)]

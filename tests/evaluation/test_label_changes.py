@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from dexml_hf.errors import UsageError
 from dexml_hf.index import LabelIndex
@@ -97,6 +98,30 @@ def test_update_re_embeds_in_place(tiny_model):
     )
     _assert_same(index, scratch, tiny_model)
     assert (index.memory.label_matrix != before).nnz == 0
+
+
+@pytest.mark.parametrize("source", ["tensor", "array", "loaded"])
+def test_update_writes_the_index_rows_never_the_callers_or_the_files(tiny_model, tmp_path, source):
+    """A table the caller gave (or a saved file's) is copied once; the index's own copy is then written in place."""
+    from dexml_hf.encoding import encode_texts, resolve_normalize
+
+    normalized = resolve_normalize(tiny_model, None)
+    given = encode_texts(tiny_model, LABELS, "label", normalize=normalized)
+    before = given.clone()
+    table = given.numpy() if source == "array" else given
+    index = LabelIndex(table, label_ids=IDS, texts=LABELS, normalized=normalized)
+    if source == "loaded":
+        index = LabelIndex.load(index.save(tmp_path / "idx"))
+    index.update_labels(tiny_model, ["bread baking"], ["L4"])
+    table = index.embeddings.data_ptr()
+    index.update_labels(tiny_model, ["rye baking"], ["L6"])
+    assert index.embeddings.data_ptr() == table  # the second update copies nothing
+    assert torch.equal(given, before)
+    if source == "loaded":
+        assert LabelIndex.load(tmp_path / "idx").texts == LABELS
+    scratch = LabelIndex.from_texts(tiny_model, [*LABELS[:4], "bread baking", LABELS[5], "rye baking"], label_ids=IDS)
+    _assert_same(index, scratch, tiny_model)
+    torch.testing.assert_close(index.embeddings, scratch.embeddings, rtol=0, atol=1e-6)
 
 
 def test_loaded_arrow_columns_can_change_too(tiny_model, tmp_path):

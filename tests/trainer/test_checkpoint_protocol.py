@@ -202,7 +202,7 @@ def test_restored_label_cache_is_on_the_given_device(tmp_path, device):
     assert state.cache_embeddings.device.type == device and state.cache_step == 7
     torch.testing.assert_close(state.cache_embeddings.cpu(), table)
     cache = LabelEmbeddingCache(["a"] * 5, refresh_steps=3)
-    cache.load_state_dict({"embeddings": table, "step": 7}, device=device)
+    cache.load_state_dict({"embeddings": state.cache_embeddings, "step": state.cache_step})
     assert cache.embeddings.device.type == device and not cache.is_stale(9) and cache.is_stale(10)
 
 
