@@ -324,19 +324,43 @@ def _index_fingerprint(index: LabelIndex, use_memory: bool) -> str:
     return _digest(np.round(scores.astype(np.float64), 4), ids.astype(np.int64), *labels)
 
 
+_DIGEST_BLOCK = 65536  # rows hashed at a time: fixed blocks, so the digest depends on the content, not the chunking
+
+
 def _column_digest(column) -> str:
-    """A label column by its content: the Arrow buffers of a memory-mapped one (no Python strings), else its JSON."""
+    """A label column by its content, in fixed row blocks (bounded memory at 10M labels): a memory-mapped Arrow
+    column by its values' bytes (offsets rebased, no Python strings), else each block's JSON."""
     if column is None:
         return "none"
-    if isinstance(column, ArrowColumn):
-        h = hashlib.blake2b(digest_size=16)
-        for chunk in column.array.chunks:
-            h.update(f"{chunk.offset}:{len(chunk)}:{chunk.type}".encode())
-            for buffer in chunk.buffers():
-                if buffer is not None:
-                    h.update(memoryview(buffer))
-        return h.hexdigest()
-    return _digest(json.dumps(list(column), default=str, ensure_ascii=False))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(len(column)).encode())
+    for start in range(0, len(column), _DIGEST_BLOCK):
+        if isinstance(column, ArrowColumn):
+            for part in _arrow_block_bytes(column.array.slice(start, _DIGEST_BLOCK)):
+                h.update(part)
+        else:
+            h.update(json.dumps(list(column[start : start + _DIGEST_BLOCK]), default=str, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def _arrow_block_bytes(block) -> list[bytes]:
+    """Canonical bytes of an Arrow slice whatever its chunks, offset or string width: the type, the null mask, and
+    the values (strings as rebased int64 offsets + their bytes; fixed-width numbers as their array)."""
+    import pyarrow as pa
+
+    arr = block.combine_chunks()
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.large_string())
+    nulls = arr.is_null().to_numpy(zero_copy_only=False).tobytes()
+    head = [str(arr.type).encode(), nulls]
+    if pa.types.is_large_string(arr.type):
+        _, offsets_buf, data_buf = arr.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+        data = memoryview(data_buf)[offsets[0] : offsets[-1]] if data_buf is not None and len(arr) else b""
+        return [*head, (offsets - offsets[0]).tobytes(), bytes(data)]
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        return [*head, np.ascontiguousarray(arr.fill_null(0).to_numpy()).tobytes()]
+    return [*head, json.dumps(arr.to_pylist(), default=str, ensure_ascii=False).encode()]
 
 
 # ---- output -----------------------------------------------------------------------------------------------------

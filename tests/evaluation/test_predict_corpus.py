@@ -454,3 +454,33 @@ def test_cli_texts_mode_embeds_in_batches_of_batch_size(tiny_model_path, index, 
     argv = ["predict", "--model", str(tiny_model_path), "--index", str(tmp_path / "idx"), "--batch_size", "3"]
     assert main([*argv, "tax law", "jazz", "bread"]) == 0
     assert sizes == [3]
+
+
+def test_label_column_digest_depends_on_content_not_chunking(monkeypatch):
+    """The resume fingerprint of an index's label columns: the same values in other chunks, offsets or string widths
+    give the same digest; one changed value, a null, or another order do not."""
+    import pyarrow as pa
+
+    from dexml_hf import predict
+    from dexml_hf.io import ArrowColumn
+
+    monkeypatch.setattr(predict, "_DIGEST_BLOCK", 4)  # several blocks, and chunk edges inside and across them
+    texts = [f"label {i} ü" * (i % 3) for i in range(11)]
+    one = ArrowColumn(pa.array(texts))
+    same = [
+        ArrowColumn(pa.chunked_array([pa.array(texts[:3]), pa.array(texts[3:7]), pa.array(texts[7:])])),
+        ArrowColumn(pa.array(texts, type=pa.large_string())),
+        ArrowColumn(pa.array(["x", *texts]).slice(1)),  # a view with an offset into a larger buffer
+    ]
+    digest = predict._column_digest(one)
+    assert all(predict._column_digest(c) == digest for c in same)
+    changed = [texts[:5] + ["label 5 ü!"] + texts[6:], texts[:10] + [None], texts[::-1], texts[:10]]
+    for values in changed:
+        assert predict._column_digest(ArrowColumn(pa.array(values))) != digest
+    ids = pa.array(list(range(11)), type=pa.int64())
+    id_digest = predict._column_digest(ArrowColumn(ids))
+    assert predict._column_digest(ArrowColumn(pa.chunked_array([ids[:6], ids[6:]]))) == id_digest
+    assert predict._column_digest(ArrowColumn(pa.array([*range(10), 99]))) != id_digest
+    # plain lists (indexes of formats 1 and 2) hash by blocks too, equal content equal digest
+    assert predict._column_digest(list(texts)) == predict._column_digest(tuple(texts))
+    assert predict._column_digest(list(texts)) != predict._column_digest(texts[:10])
