@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -639,7 +640,11 @@ def grid_search(
     gates = sorted({float(x) for x in grid["agreement"]})
     for lam, knn, temp, gate in itertools.product(lams, ks_nn, temps, gates):
         _check_params(lam, knn, temp, gate)
-    if isinstance(guard_margin, bool) or not isinstance(guard_margin, (int, float)) or not 0 <= guard_margin < 1e300:
+    if (
+        isinstance(guard_margin, bool)
+        or not isinstance(guard_margin, (int, float))
+        or not 0 <= guard_margin < math.inf
+    ):
         raise ValueError(f"guard_margin must be a finite number >= 0 (standard errors), got {guard_margin!r}")
     parts = parse_selection_metric(metric)
     guards = parse_selection_metric(guard) if guard else []
@@ -662,8 +667,8 @@ def grid_search(
     ks_metrics = {at for _, at in parts + guards}
 
     def values(ids: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        parts = metric_contributions(ids, truth, ks=ks_metrics, inv_propensity=inv_propensity)
-        return float(np.mean([parts[name].sum() for name in names])), {name: parts[name] for name in guard_names}
+        terms = metric_contributions(ids, truth, ks=ks_metrics, inv_propensity=inv_propensity)
+        return float(np.mean([terms[name].sum() for name in names])), {name: terms[name] for name in guard_names}
 
     def passes(kept: dict[str, np.ndarray]) -> bool:
         for name in guard_names:
