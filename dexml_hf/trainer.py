@@ -382,11 +382,11 @@ class DEXMLTrainer(SentenceTransformerTrainer):
         else:
             queries = model(features[0])["sentence_embedding"]
             positives = model(features[1])["sentence_embedding"]
-            table = self._cache.get(self.model, self.state.global_step, queries.device)
-            # the table may come from a checkpoint read elsewhere: on the queries' device, in the batch's dtype
-            table = table.to(device=queries.device, dtype=positives.dtype)
-            table = table.index_put((positive_ids.to(queries.device),), positives)
-            loss = self.loss.compute_loss_against_labels(queries, table, query_ids, positive_ids)
+            # the table may come from a checkpoint read elsewhere: on the queries' device (a no-op once there)
+            table = self._cache.get(self.model, self.state.global_step, queries.device).to(queries.device)
+            loss = self.loss.compute_loss_against_labels(
+                queries, table, query_ids, positive_ids, positive_embeddings=positives
+            )
         return (loss, {}) if return_outputs else loss
 
     def _training_preprocess(self, texts, **kwargs):

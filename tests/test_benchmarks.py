@@ -48,6 +48,7 @@ def _extra_args(name: str, tmp_path: Path) -> list[str]:
         "accuracy",
         "ann",
         "ann_eurlex",
+        "cached_step",
         "eurlex_rae",
         "eval_length",
         "fusion_tail",

@@ -13,7 +13,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sentence_transformers.base.losses.merged_forward import embed_columns
-from sentence_transformers.util import all_gather, all_gather_with_grad, cos_sim, get_world_size, similarity_fct_name
+from sentence_transformers.util import (
+    all_gather,
+    all_gather_with_grad,
+    cos_sim,
+    dot_score,
+    get_world_size,
+    similarity_fct_name,
+)
 from torch import Tensor, nn
 
 from dexml_hf.citation import DEXML_CITATION
@@ -246,14 +253,23 @@ class XMCLoss(nn.Module):
         return total * world_size / n_queries.clamp_min(1).to(total.dtype)
 
     def compute_loss_against_labels(
-        self, query_embeddings: Tensor, label_embeddings: Tensor, query_ids: Tensor, positive_ids: Tensor
+        self,
+        query_embeddings: Tensor,
+        label_embeddings: Tensor,
+        query_ids: Tensor,
+        positive_ids: Tensor,
+        positive_embeddings: Tensor | None = None,
     ) -> Tensor:
         """Mean loss of the batch's queries against every label: ``label_embeddings`` is L × d, row = label id.
 
         The positives of query b are its row of ``label_matrix`` (if set) plus its sampled ``positive_ids[b]``; they
         never count as negatives. Scores in fp32 with this loss's similarity and scale (no log-prior correction:
-        scoring every label has no sampling bias). For the 'all_cached' mode: pass the cached table with the batch's
-        positives' rows replaced by fresh embeddings (with grad).
+        scoring every label has no sampling bias).
+
+        ``positive_embeddings`` (B × d, with grad; the 'all_cached' mode): ``label_embeddings`` is then a fixed table
+        (no grad, never copied or written) and the columns of the batch's positives are scored against these fresh
+        embeddings instead — the same loss as the table with those rows replaced (a repeated id takes its first
+        row), without an L × d copy a step.
         """
         device = query_embeddings.device
         query_ids = torch.as_tensor(query_ids, device=device).long().reshape(-1)
@@ -263,7 +279,17 @@ class XMCLoss(nn.Module):
             raise ValueError(f"query_ids and positive_ids need one entry per query ({batch})")
         if bool(((positive_ids < 0) | (positive_ids >= num_labels)).any()):
             raise ValueError(f"positive_ids must lie in [0, {num_labels}), got {positive_ids.tolist()[:10]}")
-        scores = self.score(query_embeddings, label_embeddings)
+        if positive_embeddings is None:
+            scores = self.score(query_embeddings, label_embeddings)
+        else:
+            if positive_embeddings.shape[0] != batch:
+                raise ValueError(
+                    f"positive_embeddings needs one row per query ({batch}), got {positive_embeddings.shape[0]}"
+                )
+            scores = self.score_against_table(query_embeddings, label_embeddings.detach())
+            unique_ids, first = _dedupe(positive_ids)
+            fresh = self.score(query_embeddings, positive_embeddings[first])
+            scores.index_copy_(1, unique_ids, fresh.to(scores.dtype))
         if bool(self._nonfinite_flag(scores)):  # every label is scored: non-finite embeddings show up here
             self._raise_nonfinite(query_embeddings, label_embeddings, None, "label")
         row_index = torch.arange(batch, device=device)
@@ -287,6 +313,22 @@ class XMCLoss(nn.Module):
         digits; the reference scores in fp32 too)."""
         with torch.autocast(device_type=query_embeddings.device.type, enabled=False):
             return self.similarity_fct(_at_least_fp32(query_embeddings), _at_least_fp32(label_embeddings)) * self.scale
+
+    def score_against_table(self, query_embeddings: Tensor, table: Tensor) -> Tensor:
+        """:meth:`score` against a large fixed table (B × L, fp32) without copying it: for ``cos_sim`` and
+        ``dot_score`` one ``q · tableᵀ`` product, cosine dividing by the table's row norms afterwards instead of
+        normalising a copy of the table; any other similarity through :meth:`score`."""
+        if self.similarity_fct is not cos_sim and self.similarity_fct is not dot_score:
+            return self.score(query_embeddings, table)
+        with torch.autocast(device_type=query_embeddings.device.type, enabled=False):
+            queries = _at_least_fp32(query_embeddings)
+            table = table if table.dtype == queries.dtype else table.to(queries.dtype)
+            if self.similarity_fct is cos_sim:
+                queries = nn.functional.normalize(queries, p=2, dim=1)
+            scores = queries @ table.T
+            if self.similarity_fct is cos_sim:  # F.normalize's floor on the norm, as cos_sim
+                scores.div_(torch.linalg.vector_norm(table, dim=1).clamp_min(1e-12))
+            return scores.mul_(self.scale)
 
     @staticmethod
     def _nonfinite_flag(scores: Tensor) -> Tensor:

@@ -49,7 +49,10 @@ class LabelEmbeddingCache:
             )
         finally:
             model.train(was_training)
-        self.embeddings = emb.to(device) if device is not None else emb
+        emb = emb.to(device) if device is not None else emb
+        if emb.is_inference():  # encoded under inference_mode: autograd could not save it for the queries' gradient
+            emb = emb.clone()
+        self.embeddings = emb
         self.step = step
         return self.embeddings
 

@@ -204,6 +204,59 @@ def test_compute_loss_against_labels_matches_brute_force(cls, similarity):
     torch.testing.assert_close(table.grad, t_ref.grad.float(), rtol=1e-4, atol=1e-6)
 
 
+class _RecordOutputs(torch.utils._python_dispatch.TorchDispatchMode):
+    """(shape, storage address) of every tensor an op returns: an L × d tensor with storage of its own is a copy
+    of the label table (a view such as ``detach`` shares the table's storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.outputs.append((tuple(t.shape), t.untyped_storage().data_ptr()))
+        return out
+
+
+@pytest.mark.parametrize(
+    "cls", [DecoupledSoftmaxLoss, SoftmaxLoss, OvABCELoss, SoftTopKLoss], ids=lambda c: c.__name__
+)
+@pytest.mark.parametrize("similarity", ["cos", "dot"])
+def test_fresh_positives_equal_the_table_with_their_rows_replaced_without_copying_it(cls, similarity):
+    """'all_cached': positive_embeddings scored in place of their table rows = the brute force over a table whose
+    rows were replaced (a repeated id: its first row); the table is never copied (no L × d tensor is made) nor
+    written, and gets no gradient."""
+    torch.manual_seed(2)
+    kwargs = {} if similarity == "cos" else {"similarity_fct": dot_score}
+    loss = make(cls, nn.Identity(), label_matrix=MATRIX, scale=5.0, **kwargs)
+    num_labels, dim = 8, 5  # dim differs from the batch size and L, so an L x d output is the table
+    table = torch.randn(num_labels, dim)
+    before = table.clone()
+    q = torch.randn(4, dim, requires_grad=True)
+    fresh = torch.randn(4, dim, requires_grad=True)
+    query_ids, positive_ids = torch.tensor([0, 1, 3, 3]), torch.tensor([3, 2, 5, 5])  # id 5 twice: row 2 counts
+    with _RecordOutputs() as recorded:
+        got = loss.compute_loss_against_labels(q, table, query_ids, positive_ids, positive_embeddings=fresh)
+        got.backward()
+    own = table.untyped_storage().data_ptr()
+    assert [o for o in recorded.outputs if o[0] == (num_labels, dim) and o[1] != own] == []
+    assert torch.equal(table, before) and table.grad is None
+
+    q_ref, fresh_ref = q.detach().clone().requires_grad_(), fresh.detach().clone().requires_grad_()
+    replaced = table.clone().double()
+    replaced = replaced.index_put((torch.tensor([3, 2, 5]),), fresh_ref[[0, 1, 2]].double())
+    ref = _brute_force_against_labels(
+        FUNCTIONAL[cls], q_ref, replaced, query_ids, positive_ids, MATRIX, 5.0, similarity == "cos"
+    )
+    ref.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(q.grad, q_ref.grad.float(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fresh.grad, fresh_ref.grad.float(), rtol=1e-4, atol=1e-6)
+    assert fresh.grad[3].abs().sum() == 0  # the repeated id's second row is not scored
+
+
 def test_compute_loss_against_labels_soft_topk_caps_positives():
     """max_positives=1 keeps only the sampled positive; the query's other positives leave the candidates."""
     torch.manual_seed(1)
