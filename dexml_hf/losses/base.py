@@ -65,8 +65,9 @@ class XMCLoss(nn.Module):
       ``compute_loss_from_embeddings(embeddings: list[Tensor], labels)`` (ST's signature: one tensor a column).
     - ``compute_loss_from_candidates(query_embeddings, candidate_embeddings, query_ids, candidate_ids)``: the same
       loss from the query embeddings and the column-major candidate embeddings with their ids.
-    - ``compute_loss_against_labels(query_embeddings, label_embeddings, query_ids, positive_ids)``: the batch's
-      queries against a full label table (row = label id; the 'all_cached' mode).
+    - ``compute_loss_against_labels(query_embeddings, label_embeddings, query_ids, positive_ids,
+      positive_embeddings=None)``: the batch's queries against a full label table (row = label id); the
+      'all_cached' mode passes the cached table and the positives' fresh embeddings.
     - ``all_labels_engine(model, label_texts, preprocess, ...)``: the exact chunked all-label loss
       (:class:`~dexml_hf.negatives.all_labels.AllLabelsLoss`) with this loss's objective, scale and similarity.
     - ``all_labels_objective``: ``"decoupled_softmax"``, ``"softmax"``, ``"soft_topk"`` or ``None`` (no exact
