@@ -48,7 +48,11 @@ def _write(folder: Path, n: int, dim: int, old_format: bool) -> None:
         for i in range(n)
     ]
     ids = [f"uid-{i:09d}" for i in range(n)]
-    emb = torch.from_numpy(np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)).half()
+    rng = np.random.default_rng(0)
+    emb = torch.empty((n, dim), dtype=torch.float16)  # filled in blocks: 10M x 384 in fp32 would not fit in 24 GB
+    for start in range(0, n, 1_000_000):
+        stop = min(n, start + 1_000_000)
+        emb[start:stop] = torch.from_numpy(rng.standard_normal((stop - start, dim), dtype=np.float32))
     index = LabelIndex(emb, label_ids=ids, texts=texts, dtype="float16", normalized=True)
     index.save(folder)
     if old_format:  # what format 2 wrote: ids and texts inside label_index.json
