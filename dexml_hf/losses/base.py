@@ -292,7 +292,9 @@ class XMCLoss(nn.Module):
             fresh = self.score(query_embeddings, positive_embeddings[first])
             scores.index_copy_(1, unique_ids, fresh.to(scores.dtype))
         if bool(self._nonfinite_flag(scores)):  # every label is scored: non-finite embeddings show up here
-            self._raise_nonfinite(query_embeddings, label_embeddings, None, "label")
+            if positive_embeddings is not None and not bool(torch.isfinite(positive_embeddings.detach()).all()):
+                self._raise_nonfinite(query_embeddings, positive_embeddings, positive_ids, "positive")
+            self._raise_nonfinite(query_embeddings, label_embeddings, None, "table")
         row_index = torch.arange(batch, device=device)
         positives = torch.zeros(batch, num_labels, dtype=torch.bool, device=device)
         if self.label_matrix is not None:

@@ -180,6 +180,15 @@ def _brute_force_against_labels(fn, q, table, query_ids, positive_ids, matrix, s
     return fn(scores, positives)
 
 
+def _assert_same_loss_and_grads(got, ref, tensors):
+    """``ref`` (fp64 brute force) backpropagated; ``got`` (already backpropagated) equal in value and in the
+    gradient of each (tensor, its reference copy) pair."""
+    ref.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    for tensor, reference in tensors:
+        torch.testing.assert_close(tensor.grad, reference.grad.float(), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "cls", [DecoupledSoftmaxLoss, SoftmaxLoss, OvABCELoss, SoftTopKLoss], ids=lambda c: c.__name__
 )
@@ -198,10 +207,7 @@ def test_compute_loss_against_labels_matches_brute_force(cls, similarity):
     ref = _brute_force_against_labels(
         FUNCTIONAL[cls], q_ref, t_ref, query_ids, positive_ids, MATRIX, 5.0, similarity == "cos"
     )
-    ref.backward()
-    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
-    torch.testing.assert_close(q.grad, q_ref.grad.float(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(table.grad, t_ref.grad.float(), rtol=1e-4, atol=1e-6)
+    _assert_same_loss_and_grads(got, ref, [(q, q_ref), (table, t_ref)])
 
 
 class _RecordOutputs(torch.utils._python_dispatch.TorchDispatchMode):
@@ -250,11 +256,22 @@ def test_fresh_positives_equal_the_table_with_their_rows_replaced_without_copyin
     ref = _brute_force_against_labels(
         FUNCTIONAL[cls], q_ref, replaced, query_ids, positive_ids, MATRIX, 5.0, similarity == "cos"
     )
-    ref.backward()
-    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
-    torch.testing.assert_close(q.grad, q_ref.grad.float(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(fresh.grad, fresh_ref.grad.float(), rtol=1e-4, atol=1e-6)
+    _assert_same_loss_and_grads(got, ref, [(q, q_ref), (fresh, fresh_ref)])
     assert fresh.grad[3].abs().sum() == 0  # the repeated id's second row is not scored
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_fresh_positive_is_named_with_its_label_id(bad):
+    """A NaN/inf in a fresh positive embedding ('all_cached') names that batch row and its label id, not the table."""
+    loss = make(DecoupledSoftmaxLoss, nn.Identity(), label_matrix=MATRIX)
+    q, table, fresh = torch.randn(4, 5), torch.randn(8, 5), torch.randn(4, 5)
+    fresh[1, 2] = bad
+    query_ids, positive_ids = torch.tensor([0, 1, 3, 3]), torch.tensor([3, 2, 5, 5])
+    with pytest.raises(FloatingPointError, match=r"positive label embeddings \(rows \[1\], label ids \[2\]\)"):
+        loss.compute_loss_against_labels(q, table, query_ids, positive_ids, positive_embeddings=fresh)
+    fresh[1, 2], table[6, 0] = 0.0, bad  # a cached row no positive replaces
+    with pytest.raises(FloatingPointError, match=r"NaN or inf in the table label embeddings \(rows \[6\]\)"):
+        loss.compute_loss_against_labels(q, table, query_ids, positive_ids, positive_embeddings=fresh)
 
 
 def test_compute_loss_against_labels_soft_topk_caps_positives():
@@ -295,7 +312,7 @@ def test_nonfinite_embeddings_raise_naming_the_loss_and_rows(cls, bad):
     table = torch.randn(8, 4)
     table[5] = bad
     with pytest.raises(
-        FloatingPointError, match=rf"{cls.__name__}: NaN or inf in the label label embeddings \(rows \[5\]\)"
+        FloatingPointError, match=rf"{cls.__name__}: NaN or inf in the table label embeddings \(rows \[5\]\)"
     ):
         loss.compute_loss_against_labels(torch.randn(2, 4), table, torch.tensor([0, 1]), torch.tensor([0, 1]))
 
