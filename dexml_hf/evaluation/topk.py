@@ -63,13 +63,20 @@ def default_chunk_sizes(
     k: int,
     device: torch.device | str | None = None,
     memory_budget: int | None = None,
+    dim: int | None = None,
 ) -> tuple[int, int]:
     """``(query_chunk, label_chunk)`` so one fp32 score block fits a small share of free memory on ``device``, or
-    ``memory_budget`` bytes when given (then taken as is: a tiny budget gives tiny blocks, never a wrong answer)."""
+    ``memory_budget`` bytes when given (then taken as is: a tiny budget gives tiny blocks, never a wrong answer).
+    With ``dim``, the fp32 copy of a label block (``label_chunk × dim``: fp16 labels, or labels moved to the
+    device) fits the same budget: with few queries the score block alone would allow the whole label set (10M ×
+    384 fp16 labels searched for 10 queries made a 15 GB fp32 copy)."""
+    row_bytes = _BYTES_PER_SCORE * (dim or 0)
     if memory_budget is not None:
         budget = max(int(memory_budget), _BYTES_PER_SCORE)
         query_chunk = max(1, min(n_queries, 4096, budget // (_BYTES_PER_SCORE * min(n_labels, _GROUP))))
         label_chunk = max(1, min(n_labels, budget // (query_chunk * _BYTES_PER_SCORE)))
+        if row_bytes:
+            label_chunk = max(1, min(label_chunk, budget // row_bytes))
         if _GROUP <= label_chunk < n_labels:
             label_chunk = label_chunk // _GROUP * _GROUP
         return query_chunk, label_chunk
@@ -77,6 +84,8 @@ def default_chunk_sizes(
     budget = max(_MIN_BLOCK_BYTES, min(_MAX_BLOCK_BYTES, budget))
     query_chunk = max(1, min(n_queries, 4096))
     label_chunk = budget // (query_chunk * _BYTES_PER_SCORE)
+    if row_bytes:
+        label_chunk = min(label_chunk, budget // row_bytes)
     label_chunk = max(min(n_labels, 2 * k, 1024), min(n_labels, label_chunk))
     if label_chunk < n_labels:
         label_chunk = max(_GROUP, label_chunk // _GROUP * _GROUP)  # whole groups, no padding per block
@@ -253,7 +262,8 @@ def chunked_topk(
         query_chunk, label_chunk: block sizes; default from free memory (:func:`default_chunk_sizes`).
         device: where to compute; defaults to the labels' device. Labels on another device (CPU) are moved there
             one label chunk at a time, so a label set larger than the GPU's memory is still searched on it.
-        memory_budget: bytes one score block may take (instead of a share of free memory).
+        memory_budget: bytes one score block (and one label block's fp32 copy) may take (instead of a share of
+            free memory).
 
     Returns:
         ``(scores, ids)``, both ``(n, k)`` on CPU: fp32 scores descending, int64 label ids, ties by lower id.
@@ -270,7 +280,7 @@ def chunked_topk(
         raise ValueError("cannot search an empty label set")
     k = min(k, n_labels)
     device = torch.device(device) if device is not None else labels.device
-    auto_q, auto_l = default_chunk_sizes(n, n_labels, k, device, memory_budget)
+    auto_q, auto_l = default_chunk_sizes(n, n_labels, k, device, memory_budget, dim=labels.shape[1])
     query_chunk = max(1, int(query_chunk or auto_q))
     label_chunk = max(1, int(label_chunk or auto_l))
     excluded = exclude_to_csr(exclude, n, n_labels)

@@ -117,3 +117,35 @@ def test_larger_problem_exercises_group_pruning_with_ties():
     scores, ids = chunked_topk(queries, labels, 40, query_chunk=30, label_chunk=256)
     assert torch.equal(ids, ref_ids)
     torch.testing.assert_close(scores, ref_scores, rtol=0, atol=0)
+
+
+def test_few_queries_over_fp16_labels_never_copy_more_than_the_budget_to_fp32():
+    """With 2 queries the score block alone would allow every label in one block; the fp32 copy of an fp16 label
+    block must fit the budget too (the 10M-label warm-up search made a 15 GB copy)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestFloat32(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                    self.largest = max(self.largest, t.numel() * 4)
+            return out
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randn(5_000, 64, generator=g).half()
+    queries = torch.randn(2, 64, generator=g)
+    budget = 64 * 1024  # bytes: 256 labels × 64 dims in fp32
+    assert 5_000 * 64 * 4 > budget * 10
+    _, l_chunk = default_chunk_sizes(2, 5_000, 10, memory_budget=budget, dim=64)
+    assert l_chunk * 64 * 4 <= budget
+    with LargestFloat32() as mode:
+        scores, ids = chunked_topk(queries, labels, 10, memory_budget=budget)
+    assert mode.largest <= budget
+    ref_scores, ref_ids = _reference(queries, labels.float(), 10)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(scores, ref_scores)
+    _, unbounded = default_chunk_sizes(2, 5_000, 10, memory_budget=budget)
+    assert unbounded * 64 * 4 > budget  # without dim only the score block counts: the test can fail
