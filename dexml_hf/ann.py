@@ -8,7 +8,8 @@
   2×/4× smaller storage option (faiss ``IndexScalarQuantizer``) for a memory whose recall allows it.
 
 ``codes`` is how faiss stores the vectors: ``flat`` (fp32), ``fp16``, ``sq8`` (one byte a dimension) or ``pq``
-(``pq_m`` bytes a vector). With compressed codes the scores faiss returns are approximate; when the full-precision
+(``pq_m`` sub-quantisers of ``pq_nbits`` bits a vector; with 4 bits an IVF index scans them with faiss's
+fast-scan kernels, the fastest option at 1M+ rows when re-ranked). With compressed codes the scores faiss returns are approximate; when the full-precision
 vectors are at hand (``vectors=``, e.g. the :class:`~dexml_hf.index.LabelIndex` embeddings, no copy) the search
 fetches ``rerank × k`` candidates and re-scores them exactly, so the returned scores are true inner products.
 Results are ordered like the exact path (score descending, then id ascending); empty places have id ``-1`` and
@@ -174,7 +175,8 @@ class ApproximateIndex:
             kind: ``"hnsw"``, ``"ivf"`` or ``"flat"``.
             ids: int64 id per row (default ``0 … n-1``); must be distinct.
             metric: only ``"ip"`` (inner product; normalise the embeddings first for cosine).
-            codes: ``"flat"``, ``"fp16"``, ``"sq8"`` or ``"pq"`` (``pq_m`` sub-quantisers of ``pq_nbits`` bits).
+            codes: ``"flat"``, ``"fp16"``, ``"sq8"`` or ``"pq"`` (``pq_m`` sub-quantisers of ``pq_nbits`` bits;
+                ``kind="ivf"`` with ``pq_nbits=4`` is faiss's fast-scan ``IVF…,PQ…x4fs``).
             vectors: full-precision vectors for exact re-ranking, rows aligned with ``embeddings`` (not copied; e.g.
                 the same matrix). ``keep_vectors=True`` keeps ``embeddings`` themselves for that (and saves them).
                 Default: re-rank against ``embeddings`` when the codes are compressed.
@@ -219,7 +221,8 @@ class ApproximateIndex:
         index = faiss.index_factory(d, cls._factory_string(kind, codes, p), faiss.METRIC_INNER_PRODUCT)
         if codes == "pq":  # polysemous codes (Hamming pre-filtering) are not used here and slow training down
             pq_part = faiss.downcast_index(index.storage) if kind == "hnsw" else index
-            pq_part.do_polysemous_training = False
+            if hasattr(pq_part, "do_polysemous_training"):  # fast-scan PQ has no polysemous codes
+                pq_part.do_polysemous_training = False
         if kind == "hnsw":
             index.hnsw.efConstruction = p["efConstruction"]
             index.hnsw.efSearch = p["efSearch"]
@@ -282,7 +285,10 @@ class ApproximateIndex:
     def _factory_string(kind: str, codes: str, p: dict[str, Any]) -> str:
         storage = {"flat": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}.get(codes)
         if codes == "pq":
-            storage = f"PQ{p['pq_m']}x{p['pq_nbits']}"
+            # 4-bit codes in IVF lists use faiss's fast-scan kernels (SIMD look-ups in registers): same codes,
+            # several times the scan speed of the generic 4-bit path; HNSW storage has no fast-scan variant
+            fast = kind == "ivf" and p["pq_nbits"] == 4
+            storage = f"PQ{p['pq_m']}x{p['pq_nbits']}" + ("fs" if fast else "")
         if kind == "hnsw":
             return f"HNSW{p['M']}" + ("" if codes == "flat" else f"_{storage}")
         if kind == "ivf":

@@ -49,12 +49,16 @@ CASES = [
     ("ivf", "flat", {"nlist": 32, "nprobe": 8}),
     ("ivf", "sq8", {"nlist": 32, "nprobe": 8}),
     ("ivf", "pq", {"nlist": 32, "nprobe": 8, "pq_m": 8, "pq_nbits": 6}),
+    ("ivf", "pq", {"nlist": 32, "nprobe": 8, "pq_m": 16, "pq_nbits": 4}),  # fast-scan kernels
     ("flat", "sq8", {}),
     ("flat", "fp16", {}),
 ]
 
 
-@pytest.mark.parametrize("kind,codes,params", CASES, ids=[f"{k}-{c}" for k, c, _ in CASES])
+CASE_IDS = [f"{k}-{c}{p.get('pq_nbits', '')}" for k, c, p in CASES]
+
+
+@pytest.mark.parametrize("kind,codes,params", CASES, ids=CASE_IDS)
 def test_recall_against_bruteforce_and_exact_rescoring(data, kind, codes, params):
     x, q = data
     ann = ApproximateIndex.build(x, kind=kind, codes=codes, **params)
@@ -133,10 +137,15 @@ def test_a_malformed_config_is_refused_with_the_field_named(data, tmp_path, edit
     assert "ann.json" in str(err.value)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf", "flat"])
-def test_removed_ids_are_never_returned(data, kind):
+FAST_SCAN = {"codes": "pq", "nlist": 32, "nprobe": 8, "pq_m": 16, "pq_nbits": 4}
+
+
+@pytest.mark.parametrize(
+    "kind,options", [("hnsw", {}), ("ivf", {"nlist": 32, "nprobe": 8}), ("ivf", FAST_SCAN), ("flat", {})]
+)
+def test_removed_ids_are_never_returned(data, kind, options):
     x, q = data
-    ann = ApproximateIndex.build(x, kind=kind, **({"nlist": 32, "nprobe": 8} if kind == "ivf" else {}))
+    ann = ApproximateIndex.build(x, kind=kind, **options)
     _, exact = brute(q, x, 10)
     rng = np.random.default_rng(2)
     gone = np.union1d(exact[:, :3].ravel(), rng.choice(N, size=N // 3, replace=False))  # every query's best too
@@ -158,10 +167,12 @@ def test_search_everything_after_removals_pads_with_minus_one(data):
     assert (ids[:, :5] >= 35).all() and (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
 
 
-@pytest.mark.parametrize("kind,codes", [("hnsw", "flat"), ("hnsw", "sq8"), ("ivf", "sq8")])
+@pytest.mark.parametrize("kind,codes", [("hnsw", "flat"), ("hnsw", "sq8"), ("ivf", "sq8"), ("ivf", "pq")])
 def test_added_rows_are_found(data, kind, codes):
     x, q = data
     params = {"nlist": 32, "nprobe": 8} if kind == "ivf" else {}
+    if codes == "pq":
+        params.update(pq_m=16, pq_nbits=4)
     ann = ApproximateIndex.build(x, kind=kind, codes=codes, **params)
     new = _unit(q[:10] + 0.01 * np.random.default_rng(3).normal(size=(10, D)))  # right next to queries 0..9
     new_ids = np.arange(10, dtype=np.int64) + 10**9
@@ -189,6 +200,22 @@ def test_tune_reaches_the_target_recall(data, kind, params):
     name = "efSearch" if kind == "hnsw" else "nprobe"
     assert ann.params[name] == measured[name] > params[name]
     assert recall_at_k(ann.search(q, 50)[1], exact) == pytest.approx(measured["recall"])  # independent check
+
+
+def test_four_bit_pq_in_ivf_lists_is_fast_scan_and_stays_so_after_save_and_load(data, tmp_path):
+    import faiss
+
+    x, q = data
+    ann = ApproximateIndex.build(x, kind="ivf", **FAST_SCAN)
+    assert isinstance(faiss.downcast_index(ann.index), faiss.IndexIVFPQFastScan)
+    eight_bit = ApproximateIndex.build(x, kind="ivf", **{**FAST_SCAN, "pq_nbits": 8})
+    assert not isinstance(faiss.downcast_index(eight_bit.index), faiss.IndexIVFPQFastScan)
+    ann.remove(np.arange(0, N, 3))
+    before = ann.search(q, 20)
+    loaded = ApproximateIndex.load(ann.save(tmp_path / "fs"))
+    assert isinstance(faiss.downcast_index(loaded.index), faiss.IndexIVFPQFastScan)
+    for a, b in zip(loaded.search(q, 20), before):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_bad_options_are_refused(data):
