@@ -102,6 +102,7 @@ def train(base, xmc, args, workdir: str, augment: bool):
             hard_negatives_start_epoch=args.hard_start_epoch,
             num_hard_negatives=args.num_hard,
             shortlist_size=args.shortlist,
+            mining_interval=getattr(args, "mining_interval", 1),
         )
     training_args = DEXMLTrainingArguments(
         output_dir=workdir,
@@ -113,7 +114,7 @@ def train(base, xmc, args, workdir: str, augment: bool):
         warmup_steps=0.1,  # a float: the warm-up ratio
         lr_scheduler_type="linear",
         query_text_mode="title",
-        label_text_mode="title",
+        label_text_mode=getattr(args, "label_text_mode", "title"),  # fusion_tail.py: title or title_alt
         augment_with_label_texts=augment,
         label_cooccurrence_top=args.cooccurrence_top if augment else 0,
         positive_sampling="relevance" if augment and args.cooccurrence_top else "uniform",

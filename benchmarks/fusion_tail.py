@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hard-start-epoch", type=int, default=1, help="hard: first epoch with mined negatives")
     parser.add_argument("--num-hard", type=int, default=1, help="hard: mined negatives per query")
     parser.add_argument("--shortlist", type=int, default=100, help="hard: mined from each query's top labels")
+    parser.add_argument("--mining-interval", type=int, default=1, help="hard: re-mine every this many epochs")
+    parser.add_argument(
+        "--label-text-mode", default="title", choices=["title", "title_alt"], help="label texts (training and index)"
+    )
     parser.add_argument("--model-dir", default=None, help="save the trained model here; reuse it when present")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     inv_p = xmc.inv_propensity()
     bars = args.progress
     start = time.perf_counter()
-    index = LabelIndex.from_texts(model, xmc.label_texts("title"), batch_size=128, show_progress_bar=bars)
+    index = LabelIndex.from_texts(model, xmc.label_texts(args.label_text_mode), batch_size=128, show_progress_bar=bars)
     encode = {
         split: index.encode_queries(model, xmc.query_texts(split, "title"), batch_size=128, show_progress_bar=bars)
         for split in ("train", "validation", "test")

@@ -113,6 +113,12 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int | None = N
 def _order_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row sorted by score descending, then id ascending (empty places, id -1, last); first ``k`` kept."""
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    if scores.shape[1] > 2 * k:  # re-ranked candidates: keep each row's top k and its ties at the cut, sort those
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
+        width = int((scores >= kth[:, None]).sum(axis=1).max())
+        if width < scores.shape[1]:
+            keep = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+            scores, ids = np.take_along_axis(scores, keep, 1), np.take_along_axis(ids, keep, 1)
     empty = ids < 0
     order = np.lexsort((np.where(empty, np.iinfo(np.int64).max, ids), -scores.astype(np.float64), empty), axis=-1)
     scores, ids = np.take_along_axis(scores, order, 1)[:, :k], np.take_along_axis(ids, order, 1)[:, :k]
@@ -462,9 +468,25 @@ class ApproximateIndex:
         return out_scores, out_ids
 
     def _exact_scores(self, q: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """``<q_i, vectors[pos_ij]>`` in fp32 (places with ``pos = -1`` get ``-inf``)."""
-        safe = np.maximum(pos, 0)
+        """``<q_i, vectors[pos_ij]>`` in fp32 (places with ``pos = -1`` get ``-inf``).
+
+        fp32 vectors: faiss's ``fvec_inner_products_by_idx`` reads the candidate rows in place (threaded, no gathered
+        copy, which dominated a re-ranked search); other dtypes: gathered in blocks and converted."""
+        safe = np.ascontiguousarray(np.maximum(pos, 0), dtype=np.int64)
         scores = np.empty(pos.shape, dtype=np.float32)
+        v = self.vectors
+        if v.dtype == np.float32 and v.flags.c_contiguous:
+            faiss = _faiss()
+            q = _f32(q)
+            faiss.fvec_inner_products_by_idx(
+                faiss.swig_ptr(scores),
+                faiss.swig_ptr(q),
+                faiss.swig_ptr(v),
+                faiss.swig_ptr(safe),
+                self.dim,
+                *pos.shape,
+            )
+            return np.where(pos >= 0, scores, -np.inf).astype(np.float32)
         step = max(1, _RERANK_BYTES // max(1, pos.shape[1] * self.dim * 4))  # queries per gathered block
         for s in range(0, len(q), step):
             block = self.vectors[safe[s : s + step].ravel()].astype(np.float32, copy=False)

@@ -14,7 +14,7 @@ import torch
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["encode_texts", "model_name_of", "prompt_name_for", "resolve_normalize"]
+__all__ = ["encode_texts", "encoder_dtype", "model_name_of", "prompt_name_for", "resolve_normalize"]
 
 
 def prompt_name_for(model: SentenceTransformer, role: str) -> str | None:
@@ -41,6 +41,14 @@ def resolve_normalize(model: SentenceTransformer, normalize: bool | None = None)
     raise ValueError(
         f"LabelIndex searches by inner product; model similarity {name!r} is not supported (use cosine or dot)"
     )
+
+
+def encoder_dtype(model) -> torch.dtype | None:
+    """The dtype of the model's weights (``None`` for an encoder without torch parameters, e.g. a test table)."""
+    try:
+        return next(iter(model.parameters())).dtype
+    except (AttributeError, StopIteration, TypeError):
+        return None
 
 
 def model_name_of(model: SentenceTransformer) -> str | None:
@@ -71,13 +79,16 @@ def encode_texts(
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise ValueError(f"{role} text #{bad[0]} is {type(texts[bad[0]]).__name__}, expected str")
+    normalize = resolve_normalize(model, normalize)
+    low_precision = encoder_dtype(model) in (torch.bfloat16, torch.float16)  # a cast: normalise in fp32
     emb = model.encode(
         texts,
         prompt_name=prompt_name_for(model, role),
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
         convert_to_tensor=True,
-        normalize_embeddings=resolve_normalize(model, normalize),
+        normalize_embeddings=normalize and not low_precision,
         **({"processing_kwargs": {"text": {"max_length": max_length}}} if max_length is not None else {}),
     )
-    return emb.detach().to("cpu", torch.float32)
+    emb = emb.detach().to("cpu", torch.float32)
+    return torch.nn.functional.normalize(emb, dim=-1) if normalize and low_precision else emb

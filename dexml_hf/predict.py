@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dexml_hf.encoding import encoder_dtype
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.io import ArrowColumn
 
@@ -312,7 +313,8 @@ def _model_fingerprint(model: SentenceTransformer, index: LabelIndex) -> str:
     """The model by what it does (any backend): its rounded embeddings of fixed probe texts as this index embeds
     queries, plus its max length and prompts."""
     emb = index.encode_queries(model, list(_PROBE_TEXTS), batch_size=len(_PROBE_TEXTS)).numpy()
-    meta = json.dumps([getattr(model, "max_seq_length", None), getattr(model, "prompts", None)], default=str)
+    dtype = str(encoder_dtype(model))  # a bf16 cast is another model (its rounded probes differ too)
+    meta = json.dumps([getattr(model, "max_seq_length", None), getattr(model, "prompts", None), dtype], default=str)
     return _digest(np.round(emb.astype(np.float64), 4), meta)
 
 

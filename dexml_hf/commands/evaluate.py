@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dexml_hf.errors import UsageError
+from dexml_hf.script_args import inference_dtype_field
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class EvaluateArguments:
         metadata={"help": "label text: title, title_alt, wikipedia (unset: a released checkpoint's own, else title)"},
     )
     model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
+    dtype: str = inference_dtype_field()
     dataset_revision: str | None = field(default=None, metadata={"help": "dataset revision on the Hub"})
     plot: bool = field(default=True, metadata={"help": "write the head/torso/tail PNG (needs matplotlib)"})
     index: str | None = field(
@@ -104,6 +106,7 @@ def run_evaluate(
     """Evaluate and return the report dict; writes ``eval_<split>.json`` / ``.png`` into ``output_dir`` if given."""
     import numpy as np
 
+    from dexml_hf.encoding import encoder_dtype
     from dexml_hf.evaluation import bucket_metrics, frequency_buckets, label_group_metrics
     from dexml_hf.factory import build_evaluator
     from dexml_hf.index import resolve_normalize
@@ -136,6 +139,7 @@ def run_evaluate(
         "num_labels": len(evaluator.label_texts),
         "filtered_pairs": 0 if evaluator.filters is None else int(len(evaluator.filters)),
         "normalized_embeddings": resolve_normalize(model, evaluator.normalize),
+        "encoder_dtype": str(encoder_dtype(model)).removeprefix("torch."),
         "metrics": metrics,
         "buckets": buckets,
     }
@@ -190,7 +194,7 @@ def main(argv: list[str]) -> int:
     from dexml_hf.model_card import format_metrics_table
 
     (args,) = build_parser().parse(argv)
-    model = load_model(args.model, revision=args.model_revision)
+    model = load_model(args.model, revision=args.model_revision, dtype=args.dtype)
     dataset = load_dataset(args.dataset, format=args.dataset_format, revision=args.dataset_revision)
     if args.split not in dataset.splits:
         raise UsageError(f"dataset {args.dataset}: no {args.split!r} split (has {', '.join(dataset.splits)})")

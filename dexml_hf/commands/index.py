@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dexml_hf.errors import DataError, UsageError
+from dexml_hf.script_args import inference_dtype_field
 
 __all__ = ["ACTIONS", "ANN_PARAMS", "IndexArguments", "build_parser", "main", "parse_ann_params", "read_label_file"]
 
@@ -97,6 +98,7 @@ class IndexArguments:
     )
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
     model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
+    dtype: str = inference_dtype_field()
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -304,7 +306,7 @@ def main(argv: list[str]) -> int:
             if args.query_text_mode not in QUERY_TEXT_MODES:
                 expected = ", ".join(QUERY_TEXT_MODES)
                 raise UsageError(f"--query_text_mode {args.query_text_mode!r}: expected one of {expected}")
-        model = load_model(args.model, revision=args.model_revision)
+        model = load_model(args.model, revision=args.model_revision, dtype=args.dtype)
         xmc = None
         if args.dataset:
             from dexml_hf.factory import load_dataset
@@ -348,7 +350,7 @@ def main(argv: list[str]) -> int:
         if not args.model or not args.labels:
             raise UsageError(f"index {action} needs --model and --labels")
         texts, ids = read_label_file(args.labels)
-        model = load_model(args.model, revision=args.model_revision)
+        model = load_model(args.model, revision=args.model_revision, dtype=args.dtype)
         ids = _coerce_ids(index, ids)
         if action == "add":
             index.add_labels(model, texts, ids, batch_size=args.batch_size, show_progress_bar=True)

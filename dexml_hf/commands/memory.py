@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from dexml_hf.errors import UsageError
+from dexml_hf.script_args import inference_dtype_field
 
 __all__ = ["MemoryArguments", "build_parser", "main"]
 
@@ -48,6 +49,7 @@ class MemoryArguments:
     holdout: int = field(default=2000, metadata={"help": "without a validation split: train queries held out"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out slice"})
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
+    dtype: str = inference_dtype_field()
 
     def __post_init__(self):
         if not (self.model and self.dataset and self.output):
@@ -80,7 +82,7 @@ def main(argv: list[str]) -> int:
     from dexml_hf.retrieval import capped_holdout, tune_retrieval
 
     (args,) = build_parser().parse(argv)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     xmc = load_dataset(args.dataset, format=args.dataset_format)
     index = LabelIndex.from_texts(
         model,

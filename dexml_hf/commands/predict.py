@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from dexml_hf.errors import UsageError
+from dexml_hf.script_args import inference_dtype_field
 
 __all__ = ["PredictArguments", "build_parser", "main"]
 
@@ -34,6 +35,7 @@ class PredictArguments:
         default=False, metadata={"help": "print JSON lines instead of a table (`--json true` before the texts)"}
     )
     model_revision: str | None = field(default=None, metadata={"help": "model revision on the Hub"})
+    dtype: str = inference_dtype_field()
     use_memory: bool = field(
         default=True,
         metadata={
@@ -122,7 +124,7 @@ def main(argv: list[str]) -> int:
     empty = [i for i, text in enumerate(texts) if not text.strip()]
     if empty:
         raise UsageError(f"text {empty[0] + 1} is empty: there is nothing to label")
-    model = load_model(args.model, revision=args.model_revision)
+    model = load_model(args.model, revision=args.model_revision, dtype=args.dtype)
     index = LabelIndex.load(args.index, load_memory=args.use_memory)
     if index.dim != model.get_embedding_dimension():
         raise UsageError(
@@ -160,7 +162,7 @@ def _predict_corpus(args: PredictArguments) -> int:
     )
     if corpus.kind == "xmc" and args.query_text_mode is None:  # a released checkpoint labels the text it trained on
         corpus.query_text_mode = resolve_text_modes(args.model, None, None)[0] or corpus.query_text_mode
-    model = load_model(args.model, revision=args.model_revision)
+    model = load_model(args.model, revision=args.model_revision, dtype=args.dtype)
     index = LabelIndex.load(args.index, load_memory=args.use_memory)
     out = predict_corpus(
         model,

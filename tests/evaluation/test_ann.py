@@ -218,6 +218,36 @@ def test_four_bit_pq_in_ivf_lists_is_fast_scan_and_stays_so_after_save_and_load(
         np.testing.assert_array_equal(a, b)
 
 
+def test_candidate_rows_are_ordered_like_a_full_sort_with_ties_at_the_cut():
+    """The re-ranked candidates (many more than k) keep the order of sorting every candidate by (-score, id)."""
+    from dexml_hf.ann import _order_rows
+
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 6, size=(200, 300)).astype(np.float32) / 4  # few distinct values: ties everywhere
+    ids = np.stack([rng.permutation(10_000)[:300] for _ in range(200)]).astype(np.int64)
+    ids[rng.random(ids.shape) < 0.1] = -1  # empty places
+    ids[-1] = -1  # a row with no candidate at all
+    for k in (1, 7, 100):
+        got_scores, got_ids = _order_rows(scores, ids, k)
+        for row in range(len(ids)):
+            ref = sorted((-scores[row, j], ids[row, j]) for j in range(ids.shape[1]) if ids[row, j] >= 0)[:k]
+            want_ids = [i for _, i in ref] + [-1] * (k - len(ref))
+            want_scores = [-s for s, _ in ref] + [-np.inf] * (k - len(ref))
+            np.testing.assert_array_equal(got_ids[row], want_ids)
+            np.testing.assert_array_equal(got_scores[row], np.float32(want_scores))
+
+
+def test_rescoring_reads_fp32_rows_in_place_and_fp16_rows_by_gathering_with_the_same_scores(data):
+    x, q = data
+    x16 = x.astype(np.float16)
+    on32 = ApproximateIndex.build(x16.astype(np.float32), kind="ivf", vectors=x16.astype(np.float32), **FAST_SCAN)
+    on16 = ApproximateIndex.build(x16, kind="ivf", vectors=x16, **FAST_SCAN)
+    pos = np.random.default_rng(5).integers(-1, N, size=(Q, 50))
+    want = np.where(pos >= 0, np.einsum("qd,qkd->qk", q, x16.astype(np.float32)[np.maximum(pos, 0)]), -np.inf)
+    for ann in (on32, on16):
+        np.testing.assert_allclose(ann._exact_scores(q, pos), want, atol=1e-5)
+
+
 def test_bad_options_are_refused(data):
     x, _ = data
     with pytest.raises(ValueError, match="kind must be"):
