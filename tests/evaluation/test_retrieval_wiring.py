@@ -143,3 +143,20 @@ def test_memory_command_tunes_on_validation_and_saves(tiny_model, tiny_model_pat
     assert LabelIndex.load(out).memory.tuning["guard_margin"] == 0.25
     assert main([*argv, "--guard_margin", "-1"]) == 2
     assert "--guard_margin" in capsys.readouterr().err
+
+
+def test_memory_command_dtype_reaches_the_memory_embeddings(tiny_model_path, synthetic, tmp_path):
+    """`dexml-hf memory --dtype bfloat16`: label and memory embeddings are those of the hand-cast bf16 encoder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from dexml_hf.data import save_to_folder
+    from dexml_hf.encoding import encode_texts
+
+    save_to_folder(synthetic, tmp_path / "ds")
+    out = tmp_path / "idx"
+    argv = ["memory", "--model", str(tiny_model_path), "--dataset", str(tmp_path / "ds"), "--output", str(out)]
+    assert main([*argv, "--dtype", "bfloat16"]) == 0
+    bf16 = SentenceTransformer(str(tiny_model_path), device="cpu").to(torch.bfloat16)
+    want = encode_texts(bf16, synthetic.label_texts(), "label").numpy()
+    np.testing.assert_allclose(np.asarray(LabelIndex.load(out).embeddings, dtype=np.float32), want, atol=1e-6)
