@@ -310,3 +310,48 @@ def test_approximate_without_faiss_is_refused_before_any_work(tiny_model_path, t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--approximate: approximate search needs faiss" in err[0]
     assert not (tmp_path / "i").exists()
+
+
+def test_add_and_update_dtype_reach_the_new_label_rows(tiny_model_path, tmp_path):
+    """`index add|update --dtype bfloat16`: the rows they write are those of the hand-cast bf16 encoder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from dexml_hf.encoding import encode_texts
+
+    labels = _jsonl(tmp_path / "labels.jsonl", [{"id": f"L{i}", "text": t} for i, t in enumerate(LABELS)])
+    idx = tmp_path / "idx"
+    model = ["--model", str(tiny_model_path)]
+    assert main(["index", "build", *model, "--labels", str(labels), "--output", str(idx)]) == 0
+    (tmp_path / "new.tsv").write_text("N0\tbaking bread\nN1\tcalculus\n")
+    assert (
+        main(
+            ["index", "add", *model, "--index", str(idx), "--labels", str(tmp_path / "new.tsv"), "--dtype", "bfloat16"]
+        )
+        == 0
+    )
+    (tmp_path / "changed.tsv").write_text("L4\tbaking pizza\n")
+    assert (
+        main(
+            [
+                "index",
+                "update",
+                *model,
+                "--index",
+                str(idx),
+                "--labels",
+                str(tmp_path / "changed.tsv"),
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
+
+    fp32 = SentenceTransformer(str(tiny_model_path), device="cpu")
+    bf16 = SentenceTransformer(str(tiny_model_path), device="cpu").to(torch.bfloat16)
+    texts = ["baking bread", "calculus", "baking pizza"]
+    want = encode_texts(bf16, texts, "label").numpy()
+    got = np.asarray(LabelIndex.load(idx).embeddings, dtype=np.float32)[[5, 6, 4]]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, encode_texts(fp32, texts, "label").numpy(), atol=1e-4)  # --dtype was not ignored
