@@ -324,29 +324,11 @@ def test_add_and_update_dtype_reach_the_new_label_rows(tiny_model_path, tmp_path
     model = ["--model", str(tiny_model_path)]
     assert main(["index", "build", *model, "--labels", str(labels), "--output", str(idx)]) == 0
     (tmp_path / "new.tsv").write_text("N0\tbaking bread\nN1\tcalculus\n")
-    assert (
-        main(
-            ["index", "add", *model, "--index", str(idx), "--labels", str(tmp_path / "new.tsv"), "--dtype", "bfloat16"]
-        )
-        == 0
-    )
     (tmp_path / "changed.tsv").write_text("L4\tbaking pizza\n")
-    assert (
-        main(
-            [
-                "index",
-                "update",
-                *model,
-                "--index",
-                str(idx),
-                "--labels",
-                str(tmp_path / "changed.tsv"),
-                "--dtype",
-                "bfloat16",
-            ]
-        )
-        == 0
-    )
+    bf16_flag = ["--dtype", "bfloat16"]
+    assert main(["index", "add", *model, "--index", str(idx), "--labels", str(tmp_path / "new.tsv"), *bf16_flag]) == 0
+    argv = ["index", "update", *model, "--index", str(idx), "--labels", str(tmp_path / "changed.tsv"), *bf16_flag]
+    assert main(argv) == 0
 
     fp32 = SentenceTransformer(str(tiny_model_path), device="cpu")
     bf16 = SentenceTransformer(str(tiny_model_path), device="cpu").to(torch.bfloat16)
