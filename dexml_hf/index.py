@@ -31,6 +31,7 @@ from dexml_hf.encoding import encode_texts, model_name_of, prompt_name_for, reso
 from dexml_hf.errors import DataError, UsageError
 from dexml_hf.evaluation.topk import DeviceCopy, chunked_topk, exclude_to_csr
 from dexml_hf.io import ArrowColumn, ConfigFields, atomic_folder, read_arrow_columns, write_arrow_columns
+from dexml_hf.lexical import LEXICAL_FILE, LEXICAL_TERMS_FILE
 from dexml_hf.retrieval import MEMORY_APPROXIMATE_DIR, MEMORY_FILE, RetrievalMemory, search_with_memory
 
 if TYPE_CHECKING:
@@ -248,6 +249,7 @@ class LabelIndex:
         label_chunk: int | None = None,
         show_progress_bar: bool = False,
         use_memory: bool = True,
+        texts: Sequence[str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` labels per query: ``(scores (n, k) float32, ids (n, k) int64)``, best first.
 
@@ -256,10 +258,13 @@ class LabelIndex:
         Queries must be embedded like the labels (``normalized`` tells whether to L2-normalise them).
         With a retrieval memory attached (and ``use_memory``), scores are the fused scores of
         :mod:`dexml_hf.retrieval` (``λ·s + (1 − λ)·neighbour term``); otherwise the inner products ``s``.
+        ``texts``: the queries' texts, required by a memory with lexical neighbours (ignored otherwise).
         """
         q = self._prepare_queries(query_embeddings)
         if self.memory is not None and use_memory:
-            return search_with_memory(self, self.memory, q, k, exclude=exclude, query_chunk=query_chunk or 4096)
+            return search_with_memory(
+                self, self.memory, q, k, exclude=exclude, query_chunk=query_chunk or 4096, texts=texts
+            )
         return self._topk(q, k, exclude, query_chunk, label_chunk, show_progress_bar)
 
     def _topk(
@@ -346,7 +351,7 @@ class LabelIndex:
         ``{"id", "label_id", "text", "score"}`` (``label_id``/``text`` are ``None`` when not stored; ``score`` is
         the fused score when a retrieval memory is attached and ``use_memory``)."""
         q = self.encode_queries(model, texts, batch_size)
-        scores, ids = self.search(q, k, exclude=exclude, use_memory=use_memory)
+        scores, ids = self.search(q, k, exclude=exclude, use_memory=use_memory, texts=texts)
         results = []
         for row_scores, row_ids in zip(scores, ids):
             row = []
@@ -774,7 +779,7 @@ def _download(repo_id, subfolder, revision, token, repo_type, load_memory, load_
         EMBEDDINGS_FILE,
         CONFIG_FILE,
         LABELS_FILE,
-        *([MEMORY_FILE, f"{MEMORY_APPROXIMATE_DIR}/*"] if load_memory else []),
+        *([MEMORY_FILE, LEXICAL_FILE, LEXICAL_TERMS_FILE, f"{MEMORY_APPROXIMATE_DIR}/*"] if load_memory else []),
     ]
     names += [f"{APPROXIMATE_DIR}/*"] if load_approximate else []
     patterns = [prefix + name for name in names]

@@ -518,6 +518,9 @@ class DEXMLModelCardCallback(SentenceTransformerModelCardCallback):
                 "k": memory.k,
                 "temperature": memory.temperature,
                 "agreement": memory.agreement,
+                "lexical_weight": memory.lexical_weight if memory.uses_lexical else None,
+                "lexical_k": memory.lexical_k,
+                "lexical_temperature": memory.lexical_temperature,
                 "guard": (memory.tuning or {}).get("guard"),
                 "guard_margin": (memory.tuning or {}).get("guard_margin"),
             }

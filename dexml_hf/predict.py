@@ -321,7 +321,8 @@ def _model_fingerprint(model: SentenceTransformer, index: LabelIndex) -> str:
 def _index_fingerprint(index: LabelIndex, use_memory: bool) -> str:
     """The index by its public API: size, labels, and its top-k (rounded scores) for seeded probe queries."""
     probes = np.random.default_rng(0).standard_normal((8, index.dim)).astype(np.float32)
-    scores, ids = index.search(probes, min(10, len(index)), use_memory=use_memory)
+    texts = [_PROBE_TEXTS[i % len(_PROBE_TEXTS)] for i in range(len(probes))]  # a lexical memory's term too
+    scores, ids = index.search(probes, min(10, len(index)), use_memory=use_memory, texts=texts)
     labels = [_column_digest(index.label_ids), _column_digest(index.texts), str(len(index)), str(index.dim)]
     return _digest(np.round(scores.astype(np.float64), 4), ids.astype(np.int64), *labels)
 
@@ -598,7 +599,7 @@ def predict_corpus(
         texts = [text for text, _ in chunk]
         # one call a part: sentence-transformers sorts the part by length into batches (less padding)
         embeddings = index.encode_queries(model, texts, batch_size=batch_size)
-        scores, top = index.search(embeddings, top_k, use_memory=use_memory)
+        scores, top = index.search(embeddings, top_k, use_memory=use_memory, texts=texts)
         cols = _records(part * part_rows, [id_ for _, id_ in chunk], scores, top, index)
         _write_part(names[part], cols, fmt, schema)
         bar.update(len(chunk))

@@ -23,6 +23,11 @@ neighbour term's largest entry (how much of the neighbours' weight sits on one l
 disagree the dual encoder ranks alone (:func:`query_weights`). ``tune_retrieval(guard="psp@1")`` keeps only the grid
 points that do not lower the validation PSP@1 below the dual encoder's.
 
+Lexical neighbours: a memory built with ``lexical=True`` also keeps the training queries' TF-IDF rows
+(:mod:`dexml_hf.lexical`); the neighbour term is then ``(1 − β)·R_dense + β·R_lexical``, ``R_lexical`` the same
+softmax-weighted vote over the ``lexical_k`` training queries nearest by TF-IDF cosine (temperature
+``lexical_temperature``), ``β = lexical_weight``. It needs the query *texts* (``texts=`` of the searches).
+
 Scaling. Neighbours come from :func:`~dexml_hf.evaluation.topk.chunked_topk` (exact, chunked), test queries are
 processed ``query_chunk`` at a time, and the neighbour term of a chunk is a sparse ``chunk × L`` matrix
 (``W @ Y`` with ``k`` weights a row), so no ``n_test × n_train`` or ``n_test × L`` dense matrix is built. The exact
@@ -55,6 +60,7 @@ from tqdm.auto import tqdm
 
 from dexml_hf.encoding import encode_texts, resolve_normalize
 from dexml_hf.evaluation.topk import DeviceCopy, chunked_topk, exclude_to_csr
+from dexml_hf.lexical import LEXICAL_FILE, LEXICAL_TERMS_FILE, LexicalNeighbours
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -68,7 +74,9 @@ __all__ = [
     "capped_holdout",
     "MEMORY_FILE",
     "RetrievalMemory",
+    "DEFAULT_LEXICAL_GRID",
     "fused_topk",
+    "mix_terms",
     "fusion_queries",
     "neighbour_term",
     "parse_guard",
@@ -86,6 +94,12 @@ DEFAULT_GRID: dict[str, tuple] = {
     "temperature": (0.02, 0.05, 0.1, 0.2),
     "agreement": (0.0, 1.0, 2.0, 4.0),
 }
+#: the lexical share's grid, searched with the dense point's k, T and gate fixed (λ searched again)
+DEFAULT_LEXICAL_GRID: dict[str, tuple] = {
+    "lexical_weight": (0.0, 0.3, 0.5, 0.7),
+    "lexical_k": (10, 20),
+    "lexical_temperature": (0.05, 0.1),
+}
 
 
 def _binary_csr(matrix, n_rows: int | None = None) -> sp.csr_matrix:
@@ -97,6 +111,15 @@ def _binary_csr(matrix, n_rows: int | None = None) -> sp.csr_matrix:
     if n_rows is not None and mat.shape[0] != n_rows:
         raise ValueError(f"label matrix has {mat.shape[0]} rows but the memory has {n_rows} query embeddings")
     return mat
+
+
+def _check_lexical(weight: float, k: int, temperature: float) -> None:
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"lexical_weight must be in [0, 1), got {weight}")
+    if k < 1:
+        raise ValueError(f"lexical_k must be >= 1, got {k}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"lexical_temperature must be a positive number, got {temperature}")
 
 
 def _check_params(lam: float, k: int, temperature: float, agreement: float = 0.0) -> None:
@@ -126,6 +149,8 @@ class RetrievalMemory:
         normalized: whether the model is a cosine one (the index's ``normalized``; the two must agree).
         dtype: storage of the embeddings, ``"float32"`` or ``"float16"``; similarities are computed in fp32.
         tuning: how ``lam``/``k``/``temperature`` were chosen (written by :func:`tune_retrieval`; saved as is).
+        lexical: the memory queries' TF-IDF rows (:class:`~dexml_hf.lexical.LexicalNeighbours`, same row order),
+            or ``None``; ``lexical_weight`` ``β`` (0 = unused), ``lexical_k``, ``lexical_temperature`` its term's.
 
     Example::
 
@@ -146,6 +171,10 @@ class RetrievalMemory:
         tuning: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         agreement: float = 0.0,
+        lexical: LexicalNeighbours | None = None,
+        lexical_weight: float = 0.0,
+        lexical_k: int = 20,
+        lexical_temperature: float = 0.1,
     ):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -158,7 +187,13 @@ class RetrievalMemory:
         self.embeddings = emb.to(_DTYPES[dtype]).contiguous()
         self.dtype = dtype
         self.label_matrix = _binary_csr(label_matrix, self.embeddings.shape[0])
+        if lexical is not None and len(lexical) != self.embeddings.shape[0]:
+            raise ValueError(
+                f"lexical rows ({len(lexical)}) must match the memory's {self.embeddings.shape[0]} queries"
+            )
+        self.lexical = lexical
         self.set_params(lam, k, temperature, agreement)
+        self.set_lexical_params(lexical_weight, lexical_k, lexical_temperature)
         self.tuning = dict(tuning) if tuning else None
         self.approximate = None  # an ApproximateIndex (dexml_hf.ann) for the kNN: build_approximate()
         self.to(device if device is not None else "cpu")
@@ -197,13 +232,29 @@ class RetrievalMemory:
         self.lam, self.k, self.temperature = float(lam), int(k), float(temperature)
         self.agreement = float(agreement)
 
+    def set_lexical_params(self, weight: float | None = None, k: int | None = None, temperature=None) -> None:
+        """Change the lexical term's ``β``, ``k`` or ``T`` (validated; ``β > 0`` needs :attr:`lexical`)."""
+        weight = self.__dict__.get("lexical_weight") if weight is None else float(weight)
+        k = self.__dict__.get("lexical_k") if k is None else int(k)
+        temperature = self.__dict__.get("lexical_temperature") if temperature is None else float(temperature)
+        _check_lexical(weight, k, temperature)
+        if weight > 0 and self.lexical is None:
+            raise ValueError("lexical_weight > 0 needs a memory built with lexical neighbours (lexical=True)")
+        self.lexical_weight, self.lexical_k, self.lexical_temperature = float(weight), int(k), float(temperature)
+
+    @property
+    def uses_lexical(self) -> bool:
+        """Whether searches need the query texts (a lexical term with a positive weight)."""
+        return self.lexical is not None and self.lexical_weight > 0
+
     def __len__(self) -> int:
         return self.embeddings.shape[0]
 
     def __repr__(self) -> str:
         return (
             f"RetrievalMemory(n_queries={len(self)}, n_labels={self.num_labels}, dim={self.dim}, lam={self.lam}, "
-            f"k={self.k}, temperature={self.temperature}, agreement={self.agreement}, normalized={self.normalized})"
+            f"k={self.k}, temperature={self.temperature}, agreement={self.agreement}, normalized={self.normalized}, "
+            f"lexical_weight={self.lexical_weight if self.lexical is not None else None})"
         )
 
     @property
@@ -223,12 +274,15 @@ class RetrievalMemory:
         batch_size: int = 64,
         normalize: bool | None = None,
         show_progress_bar: bool | None = None,
+        lexical: bool = False,
         **kwargs,
     ) -> RetrievalMemory:
-        """Embed the memory queries with ``model`` (as queries: its query prompt, its normalisation)."""
+        """Embed the memory queries with ``model`` (as queries: its query prompt, its normalisation); with
+        ``lexical``, also fit their TF-IDF rows (:class:`~dexml_hf.lexical.LexicalNeighbours`)."""
         normalized = resolve_normalize(model, normalize)
         emb = encode_texts(model, texts, "query", batch_size, normalized, show_progress_bar)
-        return cls(emb, label_matrix, normalized=normalized, **kwargs)
+        words = LexicalNeighbours.fit(texts) if lexical else None
+        return cls(emb, label_matrix, normalized=normalized, lexical=words, **kwargs)
 
     @classmethod
     def from_xmc(
@@ -251,6 +305,10 @@ class RetrievalMemory:
             tuning=self.tuning,
             device=self.device,
             agreement=self.agreement,
+            lexical=None if self.lexical is None else self.lexical.select(rows),
+            lexical_weight=self.lexical_weight,
+            lexical_k=self.lexical_k,
+            lexical_temperature=self.lexical_temperature,
         )
 
     # ---- scoring --------------------------------------------------------------------------------------------
@@ -290,6 +348,30 @@ class RetrievalMemory:
         temperature = self.temperature if temperature is None else float(temperature)
         return neighbour_term(sims[:, :k], rows[:, :k], self.label_matrix, temperature)
 
+    def lexical_neighbours(self, texts: Sequence[str], k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` memory queries nearest to each text by TF-IDF cosine (:meth:`LexicalNeighbours.neighbours`)."""
+        if self.lexical is None:
+            raise ValueError("this memory has no lexical neighbours (build it with lexical=True)")
+        return self.lexical.neighbours(texts, self.lexical_k if k is None else int(k))
+
+    def search_term(self, query_embeddings, texts: Sequence[str] | None = None) -> sp.csr_matrix:
+        """The neighbour term of the searches with the stored parameters: dense, mixed with the lexical one when
+        :attr:`uses_lexical` (then ``texts``, one per query, are required)."""
+        sims, rows = self.neighbours(query_embeddings, self.k)
+        term = self.neighbour_term(sims, rows)
+        if not self.uses_lexical:
+            return term
+        if texts is None:
+            raise ValueError(
+                "this retrieval memory mixes in lexical neighbours (lexical_weight "
+                f"{self.lexical_weight}): pass the query texts (texts=...) with the embeddings"
+            )
+        if len(texts) != term.shape[0]:
+            raise ValueError(f"{len(texts)} query texts for {term.shape[0]} query embeddings")
+        l_sims, l_rows = self.lexical_neighbours(texts)
+        lexical = neighbour_term(l_sims, l_rows, self.label_matrix, self.lexical_temperature)
+        return mix_terms(term, lexical, self.lexical_weight)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {
             "embeddings": self.embeddings,
@@ -312,6 +394,10 @@ class RetrievalMemory:
             "label_matrix": "binary",
             "tuning": self.tuning,
             "approximate": self.approximate.config_dict() if self.approximate is not None else None,
+            "lexical": self.lexical.config_dict() if self.lexical is not None else None,
+            "lexical_weight": self.lexical_weight,
+            "lexical_k": self.lexical_k,
+            "lexical_temperature": self.lexical_temperature,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -322,6 +408,11 @@ class RetrievalMemory:
         path.mkdir(parents=True, exist_ok=True)
         save_file(self.state_tensors(), str(path / MEMORY_FILE), metadata={"format": "dexml_hf.retrieval_memory"})
         self._save_approximate(path)
+        if self.lexical is not None:
+            self.lexical.save(path)
+        else:  # stale files of an earlier save of this folder (our own names only)
+            for name in (LEXICAL_FILE, LEXICAL_TERMS_FILE):
+                (path / name).unlink(missing_ok=True)
         return path / MEMORY_FILE
 
     @classmethod
@@ -357,6 +448,19 @@ class RetrievalMemory:
             tuning=fields.get("tuning", dict, None),
             agreement=fields.get("agreement", (int, float), 0.0),
         )
+        lexical = fields.get("lexical", dict, None)
+        if lexical:
+            memory.lexical = LexicalNeighbours.load(path, lexical, f"{fields.where}, entry 'lexical'")
+            if len(memory.lexical) != n:
+                raise ValueError(f"{path}: {len(memory.lexical)} lexical rows for {n} memory queries")
+        try:
+            memory.set_lexical_params(
+                fields.get("lexical_weight", (int, float), 0.0),
+                fields.get("lexical_k", int, 20),
+                fields.get("lexical_temperature", (int, float), 0.1),
+            )
+        except ValueError as err:
+            raise ValueError(f"{fields.where}: {err}") from None
         if fields.get("approximate", dict, None):
             from dexml_hf.ann import ApproximateIndex
 
@@ -421,6 +525,15 @@ def neighbour_term(sims: np.ndarray, rows: np.ndarray, label_matrix: sp.csr_matr
         shape=(n, label_matrix.shape[0]),
     )
     out = (w @ label_matrix).tocsr()
+    out.sort_indices()
+    return out
+
+
+def mix_terms(dense: sp.csr_matrix, lexical: sp.csr_matrix, weight: float) -> sp.csr_matrix:
+    """``(1 − β)·dense + β·lexical``: still a distribution over labels per query (each term's rows sum to at most 1)."""
+    if not weight:
+        return dense
+    out = ((1.0 - float(weight)) * dense + float(weight) * lexical).tocsr()
     out.sort_indices()
     return out
 
@@ -530,21 +643,19 @@ def search_with_memory(
     k: int,
     exclude=None,
     query_chunk: int = 4096,
-    lam: float | None = None,
-    knn_k: int | None = None,
-    temperature: float | None = None,
+    texts: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fused top-``k`` for queries ``q`` (normalised as the index expects), ``query_chunk`` queries at a time."""
+    """Fused top-``k`` for queries ``q`` (normalised as the index expects), ``query_chunk`` queries at a time;
+    ``texts`` (one per query) feed the lexical term when the memory has one (:meth:`RetrievalMemory.search_term`)."""
     if memory.dim != index.dim or memory.num_labels != len(index):
         raise ValueError(
             f"memory ({memory.dim} dims, {memory.num_labels} labels) does not match the index "
             f"({index.dim} dims, {len(index)} labels)"
         )
-    lam = memory.lam if lam is None else float(lam)
-    knn_k = memory.k if knn_k is None else int(knn_k)
-    temperature = memory.temperature if temperature is None else float(temperature)
-    _check_params(lam, knn_k, temperature)
+    lam = memory.lam
     n = q.shape[0]
+    if texts is not None and len(texts) != n:
+        raise ValueError(f"{len(texts)} query texts for {n} query embeddings")
     k = min(int(k), len(index))
     excluded = exclude_to_csr(exclude, n, len(index))
     out_scores = np.empty((n, k), dtype=np.float32)
@@ -557,8 +668,7 @@ def search_with_memory(
         if lam == 1.0:
             out_scores[q0:q1], out_ids[q0:q1] = base
             continue
-        sims, rows = memory.neighbours(qc, knn_k)
-        term = memory.neighbour_term(sims, rows, knn_k, temperature)
+        term = memory.search_term(qc, None if texts is None else texts[q0:q1])
         qs = fusion_queries(qc, index.embeddings, index.normalized)
         lam_q = query_weights(term, lam, memory.agreement)
         out_scores[q0:q1], out_ids[q0:q1] = fused_topk(qs, index.embeddings, k, lam_q, term, base, ex)
@@ -585,6 +695,9 @@ class TuningResult:
     guard: str | None = None
     guard_baseline: dict[str, float] | None = None
     guard_margin: float | None = None
+    lexical_weight: float = 0.0
+    lexical_k: int | None = None
+    lexical_temperature: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -615,6 +728,8 @@ def grid_search(
     show_progress_bar: bool | None = None,
     guard: str | None = None,
     guard_margin: float = 2.0,
+    query_texts: Sequence[str] | None = None,
+    lexical_grid: dict[str, Iterable] | None = None,
 ) -> TuningResult:
     """Evaluate every ``(λ, k, T, agreement)`` of ``grid`` on the given (validation) queries and pick the best by
     ``metric`` among the points that keep every ``guard`` metric (e.g. ``"psp@1"``, several joined by ``+``) at
@@ -630,6 +745,11 @@ def grid_search(
     The neighbours (for the largest ``k``) and the dual-encoder top-``d`` are computed once; each grid point only
     re-weights and re-ranks. Ties in the metric go to the earlier grid point (grid order: ``λ`` descending first,
     then ``agreement`` ascending, so a tie prefers the plainer model).
+
+    A memory with lexical neighbours, given the validation ``query_texts``, gets a second stage: with ``k``, ``T``
+    and the gate of the best dense point (``λ < 1``) fixed, every ``λ`` × ``lexical_grid`` point (default
+    :data:`DEFAULT_LEXICAL_GRID`) is evaluated too, under the same guard; the best of both stages wins (ties to the
+    dense point). Two stages instead of the full product keep the grid at a few hundred points.
     """
     from dexml_hf.evaluation.metrics import metric_contributions
 
@@ -678,6 +798,17 @@ def grid_search(
                 return False
         return True
 
+    lexical_on = memory.lexical is not None and query_texts is not None
+    if lexical_on:
+        if len(query_texts) != q.shape[0]:
+            raise ValueError(f"{len(query_texts)} query texts for {q.shape[0]} queries")
+        lex = {**DEFAULT_LEXICAL_GRID, **(lexical_grid or {})}
+        betas = sorted({float(x) for x in lex["lexical_weight"]} - {0.0})
+        ks_lex = sorted({int(x) for x in lex["lexical_k"]})
+        temps_lex = sorted({float(x) for x in lex["lexical_temperature"]})
+        for beta, kl, tl in itertools.product(betas, ks_lex, temps_lex):
+            _check_lexical(beta, kl, tl)
+        l_sims, l_rows = memory.lexical.neighbours(query_texts, max(ks_lex)) if betas else (None, None)
     baseline, base_parts = values(base[1])
     guard_baseline = {name: float(c.sum()) for name, c in base_parts.items()}
     points = [(1.0, None, None, None)] if 1.0 in lams else []  # λ = 1 ignores k, T and the gate: one point
@@ -696,10 +827,32 @@ def grid_search(
         point = {"lam": lam, "k": knn, "temperature": temp, "agreement": gate}
         results.append({**point, metric: v, **{n: float(c.sum()) for n, c in kept.items()}, "eligible": ok})
         if ok and (best is None or v > best[0]):
-            best = (v, lam, knn, temp, gate)
+            best = (v, lam, knn, temp, gate, 0.0, None, None)
+    dense = [r for r in results if r["lam"] != 1.0]
+    if lexical_on and betas and dense:
+        top = max(dense, key=lambda r: r[metric])  # first of the best: the grid order breaks ties
+        knn, temp, gate = top["k"], top["temperature"], top["agreement"]
+        dense_term = neighbour_term(sims[:, :knn], rows[:, :knn], memory.label_matrix, temp)
+        lexical_terms: dict = {}
+        points = list(itertools.product(ks_lex, temps_lex, betas, [x for x in lams if x != 1.0]))
+        for kl, tl, beta, lam in tqdm(
+            points, desc="choosing the lexical share", disable=not show_progress_bar, leave=False
+        ):
+            if (kl, tl) not in lexical_terms:
+                lexical_terms = {(kl, tl): neighbour_term(l_sims[:, :kl], l_rows[:, :kl], memory.label_matrix, tl)}
+            term = mix_terms(dense_term, lexical_terms[(kl, tl)], beta)
+            v, kept = values(
+                fused_topk(qs, index.embeddings, depth, query_weights(term, lam, gate), term, base, excluded)[1]
+            )
+            ok = passes(kept)
+            point = {"lam": lam, "k": knn, "temperature": temp, "agreement": gate}
+            point.update(lexical_weight=beta, lexical_k=kl, lexical_temperature=tl)
+            results.append({**point, metric: v, **{n: float(c.sum()) for n, c in kept.items()}, "eligible": ok})
+            if ok and (best is None or v > best[0]):
+                best = (v, lam, knn, temp, gate, beta, kl, tl)
     if best is None:  # the grid has no λ = 1 and no point keeps the guard: the dual encoder alone
-        best = (baseline, 1.0, None, None, None)
-    v, lam, knn, temp, gate = best
+        best = (baseline, 1.0, None, None, None, 0.0, None, None)
+    v, lam, knn, temp, gate, beta, kl, tl = best
     if lam == 1.0:  # keep the memory's own k / T / gate (unused at λ = 1)
         knn, temp, gate = memory.k, memory.temperature, memory.agreement
     return TuningResult(
@@ -716,6 +869,9 @@ def grid_search(
         guard or None,
         guard_baseline,
         float(guard_margin) if guard else None,
+        beta,
+        kl,
+        tl,
     )
 
 
@@ -769,6 +925,7 @@ def tune_retrieval(
     show_progress_bar: bool | None = None,
     guard: str | None = None,
     guard_margin: float = 2.0,
+    lexical: bool = False,
 ) -> RetrievalMemory:
     """Build the retrieval memory of ``xmc``'s train split, choose ``λ``, ``k`` and ``T`` on validation data,
     attach the memory to ``index`` (``index.memory``) and return it. Never looks at the test split.
@@ -787,6 +944,9 @@ def tune_retrieval(
         guard: metrics the fusion may not lower below the dual encoder alone on the validation queries
             (:func:`grid_search`), e.g. ``"psp@1"``; ``guard_margin``: by how many standard errors of the paired
             per-query difference a point must clear it.
+        lexical: also keep the training queries' TF-IDF rows and choose the lexical term's share ``β`` (and its
+            ``k``, ``T``) on the same validation queries (:func:`grid_search`'s second stage; ``β = 0`` if it
+            does not pay).
     """
     if "test" == split:
         raise ValueError("tune_retrieval chooses λ, k and T on validation data; split='test' is not allowed")
@@ -795,7 +955,11 @@ def tune_retrieval(
         train_embeddings = encode_texts(
             model, xmc.query_texts("train", query_mode), "query", batch_size, index.normalized, show_progress_bar
         )
-    full = RetrievalMemory(train_embeddings, train_matrix, normalized=index.normalized, dtype=index.dtype)
+    train_texts = xmc.query_texts("train", query_mode) if lexical else None
+    words = LexicalNeighbours.fit(train_texts) if lexical else None
+    full = RetrievalMemory(
+        train_embeddings, train_matrix, normalized=index.normalized, dtype=index.dtype, lexical=words
+    )
     guard = parse_guard(guard)
     selection = parse_selection_metric(metric) + (parse_selection_metric(guard) if guard else [])
     if inv_propensity is None and any(name.startswith("ps") for name, _ in selection):
@@ -804,9 +968,8 @@ def tune_retrieval(
     if split is not None:
         if split not in xmc.label_matrices:
             raise ValueError(f"dataset has no split {split!r}; splits: {sorted(xmc.label_matrices)}")
-        val_emb = encode_texts(
-            model, xmc.query_texts(split, query_mode), "query", batch_size, index.normalized, show_progress_bar
-        )
+        val_texts = xmc.query_texts(split, query_mode)
+        val_emb = encode_texts(model, val_texts, "query", batch_size, index.normalized, show_progress_bar)
         result = grid_search(
             index,
             full,
@@ -820,6 +983,7 @@ def tune_retrieval(
             show_progress_bar=show_progress_bar,
             guard=guard,
             guard_margin=guard_margin,
+            query_texts=val_texts if lexical else None,
         )
     else:
         n = len(full)
@@ -843,11 +1007,15 @@ def tune_retrieval(
             show_progress_bar=show_progress_bar,
             guard=guard,
             guard_margin=guard_margin,
+            query_texts=[train_texts[i] for i in val_rows] if lexical else None,
         )
     full.set_params(result.lam, result.k, result.temperature, result.agreement)
+    if lexical and result.lexical_weight:
+        full.set_lexical_params(result.lexical_weight, result.lexical_k, result.lexical_temperature)
     full.tuning = result.as_dict()
     logger.info(
-        f"retrieval: λ={result.lam}, k={result.k}, T={result.temperature}, agreement={result.agreement} ({metric} {100 * result.value:.2f} vs "
+        f"retrieval: λ={result.lam}, k={result.k}, T={result.temperature}, agreement={result.agreement}, "
+        f"lexical_weight={result.lexical_weight} ({metric} {100 * result.value:.2f} vs "
         f"{100 * result.baseline:.2f} for the dual encoder alone, on {result.split})"
     )
     index.memory = full

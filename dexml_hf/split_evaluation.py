@@ -78,7 +78,7 @@ def evaluate_split(model, xmc, args: DEXMLTrainingArguments, build_index: bool, 
         show_progress_bar=show_progress_bar,
     )
     queries = index.encode_queries(model, evaluator.queries, batch_size=batch, show_progress_bar=show_progress_bar)
-    _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
+    _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters, texts=evaluator.queries)
     result = SplitEvaluation(evaluator.compute_metrics(topk), index=index if build_index else None)
     if build_index and args.retrieval_memory:
         from dexml_hf.retrieval import capped_holdout, tune_retrieval
@@ -96,8 +96,9 @@ def evaluate_split(model, xmc, args: DEXMLTrainingArguments, build_index: bool, 
             batch_size=batch,
             inv_propensity=evaluator.inv_propensity,
             show_progress_bar=show_progress_bar,
+            lexical=args.retrieval_lexical,
         )
-        _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters)
+        _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters, texts=evaluator.queries)
         result.dual_encoder_metrics, result.metrics = result.metrics, evaluator.compute_metrics(topk)
     return result
 
@@ -115,6 +116,12 @@ def eval_results(trainer) -> dict[str, Any]:
             "temperature": memory.temperature,
             "agreement": memory.agreement,
         }
+        if memory.lexical is not None:
+            results["retrieval"].update(
+                lexical_weight=memory.lexical_weight,
+                lexical_k=memory.lexical_k,
+                lexical_temperature=memory.lexical_temperature,
+            )
         results["retrieval"]["tuning"] = memory.tuning
     return results
 

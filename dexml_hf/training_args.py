@@ -17,6 +17,7 @@ from sentence_transformers.sentence_transformer.training_args import (
 from dexml_hf.data.dataset import LABEL_TEXT_MODES, QUERY_TEXT_MODES
 from dexml_hf.errors import UsageError
 from dexml_hf.factory import LOSSES
+from dexml_hf.lexical import require_lexical
 from dexml_hf.retrieval import parse_guard, parse_selection_metric
 
 __all__ = ["DEXMLTrainingArguments", "NEGATIVES_MODES", "POSITIVE_SAMPLING_MODES"]
@@ -267,6 +268,14 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             "grid point must clear the guard; 0 = a plain comparison, which small validation sets pass by chance."
         },
     )
+    retrieval_lexical: bool = field(
+        default=False,
+        metadata={
+            "help": "`retrieval_memory`: also keep the training queries' TF-IDF rows and mix a lexical neighbour term "
+            "(nearest training queries by word/bigram TF-IDF cosine) into the memory's, its share chosen on "
+            "validation (0 if it does not pay); needs scikit-learn (the 'lexical' extra)."
+        },
+    )
     retrieval_holdout: int = field(
         default=2000,
         metadata={
@@ -387,6 +396,10 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             raise UsageError(f"retrieval_guard_margin must be a finite number >= 0, got {margin!r}")
         if self.retrieval_memory and self.test_split is None:
             raise UsageError("retrieval_memory is stored with the label index, which needs test_split")
+        if self.retrieval_lexical:
+            if not self.retrieval_memory:
+                raise UsageError("retrieval_lexical mixes lexical neighbours into the memory: it needs retrieval_memory")
+            require_lexical("retrieval_lexical")
 
     def validate_for_xmc_dataset(self) -> None:
         """Options that an XMCDataset as ``train_dataset`` cannot honour (the trainer calls this before training).

@@ -46,6 +46,13 @@ class MemoryArguments:
         default=2.0,
         metadata={"help": "standard errors of the paired per-query difference by which a point must clear the guard"},
     )
+    lexical: bool = field(
+        default=False,
+        metadata={
+            "help": "also mix in lexical neighbours (training queries nearest by TF-IDF of their words), their share "
+            "chosen on validation; needs scikit-learn"
+        },
+    )
     holdout: int = field(default=2000, metadata={"help": "without a validation split: train queries held out"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out slice"})
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
@@ -68,6 +75,10 @@ class MemoryArguments:
             parse_guard(self.guard)
         except ValueError as err:
             raise UsageError(f"--guard: {err}") from None
+        if self.lexical:
+            from dexml_hf.lexical import require_lexical
+
+            require_lexical("--lexical")
 
 
 def build_parser():
@@ -104,9 +115,12 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         inv_propensity=xmc.inv_propensity(),
         show_progress_bar=True,  # embedding 643k training queries takes half an hour on 2 cores: show it
+        lexical=args.lexical,
     )
     index.save(args.output)
     chosen = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature, "agreement": memory.agreement}
+    if memory.lexical is not None:
+        chosen.update(lexical_weight=memory.lexical_weight, lexical_k=memory.lexical_k)
     print(
         f"saved {args.output} with a retrieval memory of {memory.embeddings.shape[0]:,} queries: {json.dumps(chosen)}"
     )

@@ -183,10 +183,15 @@ class XMCEvaluator(BaseEvaluator):
                 self.memory.k,
                 self.memory.temperature,
                 normalized=normalized,
+                agreement=self.memory.agreement,
+                lexical=self.memory.lexical,
+                lexical_weight=self.memory.lexical_weight,
+                lexical_k=self.memory.lexical_k,
+                lexical_temperature=self.memory.lexical_temperature,
             )
         index.attach_memory(memory)
         query_emb = encode_texts(model, self.queries, "query", self.batch_size, normalized, self.show_progress_bar)
-        return index.search(query_emb, self.search_depth, exclude=self.filters)
+        return index.search(query_emb, self.search_depth, exclude=self.filters, texts=self.queries)
 
     def compute_metrics(self, topk: np.ndarray) -> dict[str, float]:
         return xmc_metrics(topk, self.truth, ks=self.ks, inv_propensity=self.inv_propensity)
