@@ -96,9 +96,9 @@ DEFAULT_GRID: dict[str, tuple] = {
 }
 #: the lexical share's grid, searched with the dense point's k, T and gate fixed (λ searched again)
 DEFAULT_LEXICAL_GRID: dict[str, tuple] = {
-    "lexical_weight": (0.0, 0.3, 0.5, 0.7),
-    "lexical_k": (10, 20),
-    "lexical_temperature": (0.05, 0.1),
+    "lexical_weight": (0.0, 0.3, 0.5, 0.7, 0.9),
+    "lexical_k": (3, 5, 10, 20),
+    "lexical_temperature": (0.02, 0.05, 0.1),
 }
 
 
