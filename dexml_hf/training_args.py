@@ -398,7 +398,9 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             raise UsageError("retrieval_memory is stored with the label index, which needs test_split")
         if self.retrieval_lexical:
             if not self.retrieval_memory:
-                raise UsageError("retrieval_lexical mixes lexical neighbours into the memory: it needs retrieval_memory")
+                raise UsageError(
+                    "retrieval_lexical mixes lexical neighbours into the memory: it needs retrieval_memory"
+                )
             require_lexical("retrieval_lexical")
 
     def validate_for_xmc_dataset(self) -> None:
