@@ -153,6 +153,8 @@ def run_evaluate(
             "temperature": memory.temperature,
             "agreement": memory.agreement,
         }
+        if memory.uses_lexical:
+            report["retrieval"].update(lexical_weight=memory.lexical_weight, lexical_k=memory.lexical_k)
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -230,6 +232,7 @@ def main(argv: list[str]) -> int:
         print(
             f"retrieval-augmented ranking: lam={r['lam']}, k={r['k']}, temperature={r['temperature']}, "
             f"agreement={r['agreement']}"
+            + (f", lexical_weight={r['lexical_weight']}, lexical_k={r['lexical_k']}" if "lexical_weight" in r else "")
         )
     print(f"{report['dataset']} / {args.split}: {report['num_queries']} queries, {report['num_labels']} labels")
     print(format_metrics_table(report["metrics"], every_metric=True))

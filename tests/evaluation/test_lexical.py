@@ -313,6 +313,7 @@ def test_trainer_option_and_evaluate_predict_use_the_lexical_term(tiny_model, tm
     argv = ["evaluate", "--model", str(out), "--dataset", str(tmp_path / "ds"), "--output_dir", str(tmp_path / "ev")]
     assert main([*argv, "--index", str(out / "label_index"), "--no_plot"]) == 0
     report = json.loads((tmp_path / "ev" / "eval_test.json").read_text())
+    assert report["retrieval"]["lexical_weight"] == 0.7 and "lexical_weight=0.7" in capsys.readouterr().out
     expected = xmc_metrics(
         ids, synthetic.label_matrices["test"], ks=(1, 3, 5), inv_propensity=synthetic.inv_propensity()
     )
