@@ -28,6 +28,7 @@ NEEDS_DATA = {
     "eurlex_rae",
     "eval_length",
     "fusion_tail",
+    "lexical_scale",
     "movielens",
     "predict_throughput",
     "zero_shot",
@@ -52,6 +53,7 @@ def _extra_args(name: str, tmp_path: Path) -> list[str]:
         "eurlex_rae",
         "eval_length",
         "fusion_tail",
+        "lexical_scale",
         "predict_throughput",
         "zero_shot",
     ):
