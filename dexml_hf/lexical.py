@@ -9,7 +9,7 @@ The vectoriser is scikit-learn's ``TfidfVectorizer`` (the ``lexical`` extra), fi
 it is saved as its vocabulary (an Arrow column of terms, in column order), its idf and its settings — never
 pickled — and rebuilt from them on load. Neighbours are exact: the ``k`` training queries with the largest TF-IDF
 cosine (only those sharing a term with the query; ties to the lower row), ``chunk_rows`` queries at a time, so the
-dense block is bounded by ``max_block`` similarities whatever the memory's size. CPU only (scipy).
+dense blocks are bounded by ``max_block`` values whatever the memory's size. CPU (torch sparse CSR).
 
 Files, in the index folder beside ``memory.safetensors``: ``memory_lexical.safetensors`` (``idf``, and the
 memory's TF-IDF rows as CSR ``indptr``/``indices``/``data``) and ``memory_lexical_terms.feather``; the settings go
@@ -19,12 +19,14 @@ into the ``"lexical"`` entry of the memory's config.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 __all__ = ["LEXICAL_FILE", "LEXICAL_TERMS_FILE", "LexicalNeighbours", "require_lexical"]
 
@@ -69,7 +71,7 @@ class LexicalNeighbours:
         self.matrix = sp.csr_matrix(matrix, dtype=np.float32)
         self.matrix.sort_indices()
         self.settings = dict(settings)
-        self._transposed = None
+        self._torch_rows = None
 
     @classmethod
     def fit(
@@ -123,18 +125,34 @@ class LexicalNeighbours:
         rows = np.full((n, k), -1, dtype=np.int64)
         if n == 0 or k == 0:
             return sims, rows
-        if self._transposed is None:
-            self._transposed = self.matrix.T.tocsc()  # (V, N): one product a chunk
+        matrix = self._torch_matrix()
         excluded = None if exclude is None else sp.csr_matrix(exclude, dtype=bool)
-        chunk = max(1, int(max_block) // max(1, len(self)))
+        # both dense blocks stay within max_block: the queries' (V, c) and the similarities' (c, N)
+        chunk = max(1, int(max_block) // max(1, len(self), self.num_terms))
         for c0 in range(0, n, chunk):
             c1 = min(n, c0 + chunk)
-            block = (self.transform(texts[c0:c1]) @ self._transposed).toarray()
+            queries = torch.from_numpy(self.transform(texts[c0:c1]).T.toarray())
+            block = (matrix @ queries).T.numpy()
             if excluded is not None:
                 ex = excluded[c0:c1].tocoo()
                 block[ex.row, ex.col] = 0.0
             _topk_positive(block, k, sims[c0:c1], rows[c0:c1])
         return sims, rows
+
+    def _torch_matrix(self):
+        """The rows as a torch CSR tensor: its sparse × dense product (multi-threaded) is 5× scipy's sparse × sparse
+        one at 640k rows, where common words make every block nearly dense (benchmarks/lexical_scale.py)."""
+        if self._torch_rows is None:
+            m = self.matrix
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+                self._torch_rows = torch.sparse_csr_tensor(
+                    torch.from_numpy(m.indptr.astype(np.int64)),
+                    torch.from_numpy(m.indices.astype(np.int64)),
+                    torch.from_numpy(m.data.astype(np.float32)),
+                    size=m.shape,
+                )
+        return self._torch_rows
 
     # ---- files ------------------------------------------------------------------------------------------------
 
@@ -224,7 +242,7 @@ def _topk_positive(block: np.ndarray, k: int, sims_out: np.ndarray, rows_out: np
     n, width = block.shape
     kk = min(k, width)
     if kk < width:
-        kth = -np.partition(-block, kk - 1, axis=1)[:, kk - 1 : kk]  # the k-th largest value per row
+        kth = torch.topk(torch.from_numpy(block), kk, dim=1).values[:, -1:].numpy()  # the k-th largest per row
         cand = (block >= kth) & (block > 0)
     else:
         cand = block > 0
