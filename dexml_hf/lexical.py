@@ -8,7 +8,7 @@ the memory's (:mod:`dexml_hf.retrieval`), adds that evidence without training an
 The vectoriser is scikit-learn's ``TfidfVectorizer`` (the ``lexical`` extra), fitted on the memory's own texts;
 it is saved as its vocabulary (an Arrow column of terms, in column order), its idf and its settings — never
 pickled — and rebuilt from them on load. Neighbours are exact: the ``k`` training queries with the largest TF-IDF
-cosine (only those sharing a term with the query; ties to the lower row), ``chunk_rows`` queries at a time, so the
+cosine (only those sharing a term with the query; ties to the lower row), a block of queries at a time, so the
 dense blocks are bounded by ``max_block`` values whatever the memory's size. CPU (torch sparse CSR).
 
 Files, in the index folder beside ``memory.safetensors``: ``memory_lexical.safetensors`` (``idf``, and the
@@ -140,7 +140,7 @@ class LexicalNeighbours:
         return sims, rows
 
     def _torch_matrix(self):
-        """The rows as a torch CSR tensor: its sparse × dense product (multi-threaded) is 5× scipy's sparse × sparse
+        """The rows as a torch CSR tensor: its sparse × dense product (multi-threaded) is 3.2× scipy's sparse × sparse
         one at 640k rows, where common words make every block nearly dense (benchmarks/lexical_scale.py)."""
         if self._torch_rows is None:
             m = self.matrix
@@ -216,6 +216,8 @@ class LexicalNeighbours:
             raise DataError(
                 f"{file}: a CSR of {len(indptr) - 1} rows / {len(indices)} entries; the config says {n} rows"
             )
+        if not np.all(np.isfinite(idf)) or (len(idf) and idf.min() <= 0):
+            raise DataError(f"{file}: idf values must be finite and positive")
         if len(indices) and (indices.min() < 0 or indices.max() >= n_terms):
             raise DataError(f"{file}: a term index outside 0..{n_terms - 1}")
         ngram = fields.get("ngram_range", list)

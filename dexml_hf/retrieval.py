@@ -951,11 +951,10 @@ def tune_retrieval(
     if "test" == split:
         raise ValueError("tune_retrieval chooses λ, k and T on validation data; split='test' is not allowed")
     train_matrix = xmc.label_matrices["train"]
+    train_texts = xmc.query_texts("train", query_mode) if lexical or train_embeddings is None else None
     if train_embeddings is None:
-        train_embeddings = encode_texts(
-            model, xmc.query_texts("train", query_mode), "query", batch_size, index.normalized, show_progress_bar
-        )
-    train_texts = xmc.query_texts("train", query_mode) if lexical else None
+        train_embeddings = encode_texts(model, train_texts, "query", batch_size, index.normalized, show_progress_bar)
+    # fitted on every training query: the held-out slice below (no validation split) shares the idf, not its rows
     words = LexicalNeighbours.fit(train_texts) if lexical else None
     full = RetrievalMemory(
         train_embeddings, train_matrix, normalized=index.normalized, dtype=index.dtype, lexical=words

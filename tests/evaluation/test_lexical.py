@@ -246,6 +246,15 @@ def test_damaged_lexical_files_are_clear_errors(tmp_path):
         with pytest.raises((DataError, ValueError), match=message):
             LabelIndex.load(tmp_path / "idx")
     config.write_text(json.dumps(good))
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "idx" / LEXICAL_FILE))
+    original = dict(tensors)
+    tensors["idf"] = np.full_like(tensors["idf"], np.nan)
+    save_file(tensors, str(tmp_path / "idx" / LEXICAL_FILE))
+    with pytest.raises(DataError, match="idf values must be finite"):
+        LabelIndex.load(tmp_path / "idx")
+    save_file(original, str(tmp_path / "idx" / LEXICAL_FILE))
     (tmp_path / "idx" / LEXICAL_TERMS_FILE).write_bytes(b"not arrow")
     with pytest.raises(DataError, match=LEXICAL_TERMS_FILE):
         LabelIndex.load(tmp_path / "idx")
@@ -255,6 +264,34 @@ def _synthetic():
     from dexml_hf.data.synthetic import generate_synthetic_xmc
 
     return generate_synthetic_xmc(num_labels=40, num_train=120, num_test=30, num_validation=30, seed=0)
+
+
+def test_tuning_without_validation_keeps_the_held_out_rows_out_of_the_lexical_neighbours(tiny_model, monkeypatch):
+    """No validation split: the memory the grid searches holds neither the embeddings nor the TF-IDF rows of the
+    held-out slice (a held-out query would otherwise find its own text at cosine 1), the slice's texts are its
+    queries, and the returned memory holds every training query."""
+    import dexml_hf.retrieval as retrieval
+    from dexml_hf.data.synthetic import generate_synthetic_xmc
+
+    synthetic = generate_synthetic_xmc(num_labels=40, num_train=120, num_test=30, seed=0)
+    seen = {}
+    real = retrieval.grid_search
+
+    def spy(index, memory, queries, truth, *args, **kwargs):
+        seen.update(memory=memory, texts=kwargs.get("query_texts"))
+        return real(index, memory, queries, truth, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "grid_search", spy)
+    index = LabelIndex.from_texts(tiny_model, synthetic.label_texts())
+    memory = retrieval.tune_retrieval(tiny_model, index, synthetic, holdout=24, lexical=True)
+    assert memory.tuning["split"].startswith("train slice") and len(memory.lexical) == 120
+    assert any("lexical_weight" in p for p in memory.tuning["grid"])
+    tuning_memory, held_texts = seen["memory"], seen["texts"]
+    assert len(tuning_memory.lexical) == len(tuning_memory) == 96 and len(held_texts) <= 24
+    # each held-out text's rows are absent from the tuning memory's lexical rows (compared as TF-IDF vectors)
+    held = memory.lexical.transform(held_texts)
+    train_rows = {tuple(r.indices) for r in tuning_memory.lexical.matrix}
+    assert all(tuple(r.indices) not in train_rows or r.nnz == 0 for r in held)
 
 
 def test_memory_command_switches_it_on(tiny_model_path, tmp_path, capsys):
