@@ -64,10 +64,15 @@ class LexicalNeighbours:
         matrix: ``(n, V)`` CSR, the memory queries' TF-IDF rows.
         settings: the vectoriser's settings that are saved (``ngram_range``, ``min_df``, ``max_features``,
             ``lowercase``).
+        text_mode: the dataset text mode (``title_content``, ...) the rows were made from when it is not the
+            memory's own query texts; then the queries' texts of that mode feed the lexical term (``None``: the
+            texts the queries are embedded from). Full document texts are a stronger lexical signal than titles
+            (benchmarks/RESULTS.md, issue 23).
     """
 
-    def __init__(self, vectorizer, matrix: sp.csr_matrix, settings: dict[str, Any]):
+    def __init__(self, vectorizer, matrix: sp.csr_matrix, settings: dict[str, Any], text_mode: str | None = None):
         self.vectorizer = vectorizer
+        self.text_mode = text_mode
         self.matrix = sp.csr_matrix(matrix, dtype=np.float32)
         self.matrix.sort_indices()
         self.settings = dict(settings)
@@ -81,6 +86,7 @@ class LexicalNeighbours:
         min_df: int = 2,
         max_features: int | None = 2_000_000,
         lowercase: bool = True,
+        text_mode: str | None = None,
     ) -> LexicalNeighbours:
         """Fit the vectoriser on the memory's texts (words and, by default, bigrams seen in at least ``min_df`` of
         them, at most ``max_features`` terms) and keep their TF-IDF rows."""
@@ -97,7 +103,7 @@ class LexicalNeighbours:
             matrix = vectorizer.fit_transform(list(texts))
         except ValueError as err:  # "empty vocabulary": no text has a word token
             raise ValueError(f"lexical neighbours: the {n} memory texts have no usable words ({err})") from err
-        return cls(vectorizer, matrix, settings)
+        return cls(vectorizer, matrix, settings, text_mode)
 
     def __len__(self) -> int:
         return self.matrix.shape[0]
@@ -108,7 +114,9 @@ class LexicalNeighbours:
 
     def select(self, rows: np.ndarray) -> LexicalNeighbours:
         """The rows ``rows`` only (same vocabulary and idf)."""
-        return LexicalNeighbours(self.vectorizer, self.matrix[np.asarray(rows, dtype=np.int64)], self.settings)
+        return LexicalNeighbours(
+            self.vectorizer, self.matrix[np.asarray(rows, dtype=np.int64)], self.settings, self.text_mode
+        )
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         return self.vectorizer.transform(list(texts)).tocsr()
@@ -166,6 +174,7 @@ class LexicalNeighbours:
             "sublinear_tf": True,
             "norm": "l2",
             **self.settings,
+            "text_mode": self.text_mode,
         }
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -236,7 +245,10 @@ class LexicalNeighbours:
         )
         vectorizer.idf_ = idf.astype(np.float32)  # a fixed vocabulary needs only its idf to transform
         matrix = sp.csr_matrix((tensors["data"], indices, indptr), shape=(n, n_terms))
-        return cls(vectorizer, matrix, settings)
+        text_mode = fields.get("text_mode", str, None)
+        if text_mode is not None and not text_mode:
+            raise DataError(f"{where}: field 'text_mode' is empty; a text mode name (e.g. 'title_content') or null")
+        return cls(vectorizer, matrix, settings, text_mode)
 
 
 def _topk_positive(block: np.ndarray, k: int, sims_out: np.ndarray, rows_out: np.ndarray) -> None:

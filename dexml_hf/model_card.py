@@ -521,6 +521,7 @@ class DEXMLModelCardCallback(SentenceTransformerModelCardCallback):
                 "lexical_weight": memory.lexical_weight if memory.uses_lexical else None,
                 "lexical_k": memory.lexical_k,
                 "lexical_temperature": memory.lexical_temperature,
+                "lexical_text_mode": memory.lexical_text_mode,
                 "guard": (memory.tuning or {}).get("guard"),
                 "guard_margin": (memory.tuning or {}).get("guard_margin"),
             }

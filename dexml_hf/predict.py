@@ -286,8 +286,18 @@ class Corpus:
             raise DataError(f"Hub dataset {self.source}: no column {missing[0]!r} (has {', '.join(ds.column_names)})")
         return ds
 
-    def _xmc_rows(self):
-        texts = self._dataset.query_text_array(self.split, self.query_text_mode)
+    def rows_with_lexical_texts(self, lexical_text_mode: str | None) -> Iterator[tuple[str, Any, str]]:
+        """``(text, id, lexical text)`` for every row: an XMC dataset's queries in ``lexical_text_mode`` beside
+        their texts (a memory whose lexical rows are of that mode); any other input's one text serves both."""
+        if lexical_text_mode is None or self.kind != "xmc" or lexical_text_mode == self.query_text_mode:
+            if lexical_text_mode is not None and self.kind != "xmc":
+                warn_one_text_for_both(lexical_text_mode)
+            return ((text, id_, text) for text, id_ in self.rows())
+        lexical = (text for text, _ in self._xmc_rows(lexical_text_mode))
+        return ((text, id_, words) for (text, id_), words in zip(self.rows(), lexical, strict=True))
+
+    def _xmc_rows(self, mode: str | None = None):
+        texts = self._dataset.query_text_array(self.split, mode or self.query_text_mode)
         ids = self._dataset.queries[self.split].data.column("uid")
         batches = (
             {"uid": ids.slice(i, _ARROW_BATCH).to_pylist(), "text": texts.slice(i, _ARROW_BATCH).to_pylist()}
@@ -302,6 +312,15 @@ class Corpus:
 
 
 # ---- fingerprints -----------------------------------------------------------------------------------------------
+def warn_one_text_for_both(lexical_text_mode: str) -> None:
+    """Documents given as one text each feed both terms; say so when the memory compares another text mode."""
+    logger.warning(
+        "the retrieval memory's lexical neighbours were built from %r texts: the documents' given texts serve "
+        "both the embedding and the lexical term (give each document's full text, or an XMC dataset split)",
+        lexical_text_mode,
+    )
+
+
 def _digest(*arrays: np.ndarray | bytes | str) -> str:
     h = hashlib.blake2b(digest_size=16)
     for a in arrays:
@@ -566,13 +585,14 @@ def predict_corpus(
         show_progress_bar and state.is_main_process
     )  # every row validated before any work: a bad record costs nothing
     schema = _arrow_schema(index, id_type)
+    lexical_mode = index.memory.lexical_text_mode if use_memory and index.memory is not None else None
     fingerprint = {
         "input": corpus.identity(),
         "rows": n_rows,
         "model": _model_fingerprint(model, index),
         "index": _index_fingerprint(index, use_memory),
         "options": {"top_k": top_k, "batch_size": batch_size, "rows_per_part": part_rows, "use_memory": use_memory,
-                    "format": fmt},
+                    "format": fmt, "lexical_text_mode": lexical_mode},
     }  # fmt: skip
     work = output.with_name(output.name + ".partial")
     if state.is_main_process:
@@ -595,12 +615,13 @@ def predict_corpus(
         logger.warning("process %d of %d: %d of %d pending parts", rank, world, len(mine), len(pending))
     todo = sum(min(part_rows, n_rows - p * part_rows) for p in mine)
     bar = tqdm(total=todo, unit="doc", desc="predict", disable=not (show_progress_bar and state.is_main_process))
-    for part, chunk in _part_chunks(corpus.rows(), mine, part_rows):
-        texts = [text for text, _ in chunk]
+    for part, chunk in _part_chunks(corpus.rows_with_lexical_texts(lexical_mode), mine, part_rows):
+        texts = [text for text, _, _ in chunk]
         # one call a part: sentence-transformers sorts the part by length into batches (less padding)
         embeddings = index.encode_queries(model, texts, batch_size=batch_size)
-        scores, top = index.search(embeddings, top_k, use_memory=use_memory, texts=texts)
-        cols = _records(part * part_rows, [id_ for _, id_ in chunk], scores, top, index)
+        lexical = [words for _, _, words in chunk]
+        scores, top = index.search(embeddings, top_k, use_memory=use_memory, texts=lexical)
+        cols = _records(part * part_rows, [id_ for _, id_, _ in chunk], scores, top, index)
         _write_part(names[part], cols, fmt, schema)
         bar.update(len(chunk))
     bar.close()

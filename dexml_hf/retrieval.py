@@ -26,7 +26,9 @@ points that do not lower the validation PSP@1 below the dual encoder's.
 Lexical neighbours: a memory built with ``lexical=True`` also keeps the training queries' TF-IDF rows
 (:mod:`dexml_hf.lexical`); the neighbour term is then ``(1 − β)·R_dense + β·R_lexical``, ``R_lexical`` the same
 softmax-weighted vote over the ``lexical_k`` training queries nearest by TF-IDF cosine (temperature
-``lexical_temperature``), ``β = lexical_weight``. It needs the query *texts* (``texts=`` of the searches).
+``lexical_temperature``), ``β = lexical_weight``. It needs the query *texts* (``texts=`` of the searches): those the
+queries are embedded from, or those of the lexical rows' own text mode (``tune_retrieval(lexical_text_mode=...)``,
+e.g. the documents' full texts beside title embeddings; :attr:`RetrievalMemory.lexical_text_mode`).
 
 Scaling. Neighbours come from :func:`~dexml_hf.evaluation.topk.chunked_topk` (exact, chunked), test queries are
 processed ``query_chunk`` at a time, and the neighbour term of a chunk is a sparse ``chunk × L`` matrix
@@ -246,6 +248,12 @@ class RetrievalMemory:
     def uses_lexical(self) -> bool:
         """Whether searches need the query texts (a lexical term with a positive weight)."""
         return self.lexical is not None and self.lexical_weight > 0
+
+    @property
+    def lexical_text_mode(self) -> str | None:
+        """The dataset text mode whose texts a search's ``texts`` must be (the lexical rows' own, e.g.
+        ``title_content``), or ``None`` when they are the texts the queries are embedded from."""
+        return self.lexical.text_mode if self.uses_lexical else None
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
@@ -926,6 +934,7 @@ def tune_retrieval(
     guard: str | None = None,
     guard_margin: float = 2.0,
     lexical: bool = False,
+    lexical_text_mode: str | None = None,
 ) -> RetrievalMemory:
     """Build the retrieval memory of ``xmc``'s train split, choose ``λ``, ``k`` and ``T`` on validation data,
     attach the memory to ``index`` (``index.memory``) and return it. Never looks at the test split.
@@ -947,15 +956,25 @@ def tune_retrieval(
         lexical: also keep the training queries' TF-IDF rows and choose the lexical term's share ``β`` (and its
             ``k``, ``T``) on the same validation queries (:func:`grid_search`'s second stage; ``β = 0`` if it
             does not pay).
+        lexical_text_mode: the dataset text mode of the lexical rows and of the validation queries' lexical texts
+            when it is not ``query_mode`` (e.g. ``title_content``: the documents' full texts, while the embeddings
+            stay those of the titles); saved with the memory, so evaluation takes the same texts.
     """
     if "test" == split:
         raise ValueError("tune_retrieval chooses λ, k and T on validation data; split='test' is not allowed")
     train_matrix = xmc.label_matrices["train"]
-    train_texts = xmc.query_texts("train", query_mode) if lexical or train_embeddings is None else None
+    if lexical_text_mode is not None and not lexical:
+        raise ValueError("lexical_text_mode is the text of the lexical neighbours: it needs lexical=True")
+    lexical_mode = lexical_text_mode or query_mode
+    train_texts = xmc.query_texts("train", query_mode) if train_embeddings is None else None
     if train_embeddings is None:
         train_embeddings = encode_texts(model, train_texts, "query", batch_size, index.normalized, show_progress_bar)
+    lexical_texts = None
+    if lexical:
+        same = train_texts is not None and lexical_mode == query_mode
+        lexical_texts = train_texts if same else xmc.query_texts("train", lexical_mode)
     # fitted on every training query: the held-out slice below (no validation split) shares the idf, not its rows
-    words = LexicalNeighbours.fit(train_texts) if lexical else None
+    words = LexicalNeighbours.fit(lexical_texts, text_mode=lexical_text_mode) if lexical else None
     full = RetrievalMemory(
         train_embeddings, train_matrix, normalized=index.normalized, dtype=index.dtype, lexical=words
     )
@@ -982,7 +1001,7 @@ def tune_retrieval(
             show_progress_bar=show_progress_bar,
             guard=guard,
             guard_margin=guard_margin,
-            query_texts=val_texts if lexical else None,
+            query_texts=xmc.query_texts(split, lexical_mode) if lexical else None,
         )
     else:
         n = len(full)
@@ -1006,7 +1025,7 @@ def tune_retrieval(
             show_progress_bar=show_progress_bar,
             guard=guard,
             guard_margin=guard_margin,
-            query_texts=[train_texts[i] for i in val_rows] if lexical else None,
+            query_texts=[lexical_texts[i] for i in val_rows] if lexical else None,
         )
     full.set_params(result.lam, result.k, result.temperature, result.agreement)
     if lexical and result.lexical_weight:

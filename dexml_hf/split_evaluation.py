@@ -66,8 +66,15 @@ def evaluate_split(model, xmc, args: DEXMLTrainingArguments, build_index: bool, 
     become its retrieval memory, λ, k and T chosen on validation data (:func:`~dexml_hf.retrieval.tune_retrieval`)."""
     from dexml_hf.index import LabelIndex
 
+    lexical_mode = args.retrieval_lexical_text_mode if build_index and args.retrieval_memory else None
     evaluator = build_split_evaluator(
-        xmc, args.test_split, args, max_queries=args.max_test_samples, search_depth=args.top_k, write_csv=False
+        xmc,
+        args.test_split,
+        args,
+        max_queries=args.max_test_samples,
+        search_depth=args.top_k,
+        write_csv=False,
+        lexical_query_mode=lexical_mode,
     )
     batch = args.encode_batch_size
     index = LabelIndex.from_texts(
@@ -97,8 +104,10 @@ def evaluate_split(model, xmc, args: DEXMLTrainingArguments, build_index: bool, 
             inv_propensity=evaluator.inv_propensity,
             show_progress_bar=show_progress_bar,
             lexical=args.retrieval_lexical,
+            lexical_text_mode=args.retrieval_lexical_text_mode,
         )
-        _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters, texts=evaluator.queries)
+        texts = evaluator.search_texts(index.memory)
+        _, topk = index.search(queries, k=evaluator.search_depth, exclude=evaluator.filters, texts=texts)
         result.dual_encoder_metrics, result.metrics = result.metrics, evaluator.compute_metrics(topk)
     return result
 

@@ -276,6 +276,14 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
             "validation (0 if it does not pay); needs scikit-learn (the 'lexical' extra)."
         },
     )
+    retrieval_lexical_text_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "`retrieval_lexical`: the query text mode of the lexical neighbours (their TF-IDF rows and the "
+            "queries' texts compared with them), e.g. 'title_content' (the documents' full texts) while the model "
+            "reads `query_text_mode`; unset = the same texts. Evaluation and predict on a dataset read that mode."
+        },
+    )
     retrieval_holdout: int = field(
         default=2000,
         metadata={
@@ -402,6 +410,16 @@ class DEXMLTrainingArguments(SentenceTransformerTrainingArguments):
                     "retrieval_lexical mixes lexical neighbours into the memory: it needs retrieval_memory"
                 )
             require_lexical("retrieval_lexical")
+        mode = self.retrieval_lexical_text_mode
+        if mode is not None:
+            if not self.retrieval_lexical:
+                raise UsageError(
+                    "retrieval_lexical_text_mode is the text of the lexical neighbours: it needs retrieval_lexical"
+                )
+            if mode not in QUERY_TEXT_MODES:
+                raise UsageError(
+                    f"retrieval_lexical_text_mode={mode!r} is unknown; choose one of {', '.join(QUERY_TEXT_MODES)}"
+                )
 
     def validate_for_xmc_dataset(self) -> None:
         """Options that an XMCDataset as ``train_dataset`` cannot honour (the trainer calls this before training).

@@ -111,12 +111,14 @@ def run_evaluate(
     from dexml_hf.factory import build_evaluator
     from dexml_hf.index import resolve_normalize
 
+    memory = None if index is None else index.memory
     evaluator = build_evaluator(
         dataset,
         split,
         query_text_mode=query_mode,
         label_text_mode=label_mode,
         max_queries=max_queries,
+        lexical_query_mode=None if memory is None else memory.lexical_text_mode,
         ks=ks,
         batch_size=batch_size,
         name="",
@@ -145,7 +147,6 @@ def run_evaluate(
     }
     if "train" in dataset.label_matrices:  # frequent (> 50 training docs) / few (1-50) / zero-shot (0) labels
         report["label_groups"] = label_group_metrics(topk, evaluator.truth, freq, ks)
-    memory = getattr(index, "memory", None)
     if memory is not None:
         report["retrieval"] = {
             "lam": memory.lam,
@@ -155,6 +156,8 @@ def run_evaluate(
         }
         if memory.uses_lexical:
             report["retrieval"].update(lexical_weight=memory.lexical_weight, lexical_k=memory.lexical_k)
+            if memory.lexical_text_mode is not None:
+                report["retrieval"]["lexical_text_mode"] = memory.lexical_text_mode
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +236,7 @@ def main(argv: list[str]) -> int:
             f"retrieval-augmented ranking: lam={r['lam']}, k={r['k']}, temperature={r['temperature']}, "
             f"agreement={r['agreement']}"
             + (f", lexical_weight={r['lexical_weight']}, lexical_k={r['lexical_k']}" if "lexical_weight" in r else "")
+            + (f" (lexical texts: {r['lexical_text_mode']})" if "lexical_text_mode" in r else "")
         )
     print(f"{report['dataset']} / {args.split}: {report['num_queries']} queries, {report['num_labels']} labels")
     print(format_metrics_table(report["metrics"], every_metric=True))

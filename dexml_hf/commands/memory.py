@@ -53,6 +53,13 @@ class MemoryArguments:
             "chosen on validation; needs scikit-learn"
         },
     )
+    lexical_text_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --lexical: the query text mode of the lexical neighbours, e.g. title_content (the "
+            "documents' full texts beside embedded titles); unset = --query_text_mode"
+        },
+    )
     holdout: int = field(default=2000, metadata={"help": "without a validation split: train queries held out"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out slice"})
     batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
@@ -79,6 +86,16 @@ class MemoryArguments:
             from dexml_hf.lexical import require_lexical
 
             require_lexical("--lexical")
+        if self.lexical_text_mode is not None:
+            from dexml_hf.data.dataset import QUERY_TEXT_MODES
+
+            if not self.lexical:
+                raise UsageError("--lexical_text_mode is the text of the lexical neighbours: it needs --lexical")
+            if self.lexical_text_mode not in QUERY_TEXT_MODES:
+                raise UsageError(
+                    f"--lexical_text_mode {self.lexical_text_mode!r} is unknown; choose one of "
+                    f"{', '.join(QUERY_TEXT_MODES)}"
+                )
 
 
 def build_parser():
@@ -116,11 +133,14 @@ def main(argv: list[str]) -> int:
         inv_propensity=xmc.inv_propensity(),
         show_progress_bar=True,  # embedding 643k training queries takes half an hour on 2 cores: show it
         lexical=args.lexical,
+        lexical_text_mode=args.lexical_text_mode,
     )
     index.save(args.output)
     chosen = {"lam": memory.lam, "k": memory.k, "temperature": memory.temperature, "agreement": memory.agreement}
     if memory.lexical is not None:
         chosen.update(lexical_weight=memory.lexical_weight, lexical_k=memory.lexical_k)
+        if memory.lexical_text_mode is not None:
+            chosen["lexical_text_mode"] = memory.lexical_text_mode
     print(
         f"saved {args.output} with a retrieval memory of {memory.embeddings.shape[0]:,} queries: {json.dumps(chosen)}"
     )

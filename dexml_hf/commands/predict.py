@@ -131,6 +131,10 @@ def main(argv: list[str]) -> int:
             f"index {args.index} holds {index.dim}-dim embeddings but model {args.model} makes "
             f"{model.get_embedding_dimension()}-dim ones"
         )
+    if index.memory is not None and index.memory.lexical_text_mode is not None:
+        from dexml_hf.predict import warn_one_text_for_both
+
+        warn_one_text_for_both(index.memory.lexical_text_mode)
     results = index.search_texts(model, texts, k=args.k, batch_size=args.batch_size)
     for text, labels in zip(texts, results):
         if args.json:

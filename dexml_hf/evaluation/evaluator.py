@@ -55,6 +55,9 @@ class XMCEvaluator(BaseEvaluator):
             (its ``λ``, ``k``, ``T`` and label matrix); overrides the index's memory.
         memory_texts: the memory's query texts; when given, they are re-embedded with the evaluated model at every
             call (needed while training, where a memory embedded by an earlier model would be stale).
+        lexical_queries: the queries' texts for a memory's lexical term when its rows are of another text mode than
+            ``queries`` (:attr:`~dexml_hf.retrieval.RetrievalMemory.lexical_text_mode`, e.g. the full documents
+            beside embedded titles); ``from_xmc_dataset(lexical_query_mode=...)`` reads them.
 
     Example::
 
@@ -82,9 +85,13 @@ class XMCEvaluator(BaseEvaluator):
         index=None,
         memory: RetrievalMemory | None = None,
         memory_texts: Sequence[str] | None = None,
+        lexical_queries: Sequence[str] | None = None,
     ):
         super().__init__()
         self.queries = list(queries)
+        self.lexical_queries = None if lexical_queries is None else list(lexical_queries)
+        if self.lexical_queries is not None and len(self.lexical_queries) != len(self.queries):
+            raise ValueError(f"{len(self.lexical_queries)} lexical_queries for {len(self.queries)} queries")
         self.label_texts = list(label_texts)
         truth = sp.csr_matrix(truth)
         if truth.shape != (len(self.queries), len(self.label_texts)):
@@ -140,11 +147,13 @@ class XMCEvaluator(BaseEvaluator):
         label_mode: str | None = None,
         propensity: bool = True,
         max_queries: int | None = None,
+        lexical_query_mode: str | None = None,
         **kwargs,
     ) -> XMCEvaluator:
         """Build from an :class:`~dexml_hf.data.XMCDataset` split: its query and label texts, label matrix,
         reciprocal-pair filters and (with ``propensity``) the inverse propensities of its family.
-        ``max_queries`` keeps the first queries only (a quick evaluation during training)."""
+        ``max_queries`` keeps the first queries only (a quick evaluation during training); ``lexical_query_mode``
+        the text mode of ``lexical_queries`` (a memory whose lexical rows are of that mode)."""
         if split not in dataset.label_matrices:
             raise ValueError(f"dataset has no split {split!r}; splits: {sorted(dataset.label_matrices)}")
         if propensity and "inv_propensity" not in kwargs and "train" in dataset.label_matrices:
@@ -154,6 +163,8 @@ class XMCEvaluator(BaseEvaluator):
         labels = list(dataset.label_texts() if label_mode is None else dataset.label_texts(label_mode))
         truth = sp.csr_matrix(dataset.label_matrices[split])
         filters = dataset.filters.get(split)
+        if lexical_query_mode is not None:
+            kwargs["lexical_queries"] = list(dataset.query_texts(split, lexical_query_mode))
         kwargs.setdefault("name", getattr(dataset, "name", None) or split)
         return cls(queries, labels, truth, filters=filters, **kwargs)
 
@@ -191,7 +202,21 @@ class XMCEvaluator(BaseEvaluator):
             )
         index.attach_memory(memory)
         query_emb = encode_texts(model, self.queries, "query", self.batch_size, normalized, self.show_progress_bar)
-        return index.search(query_emb, self.search_depth, exclude=self.filters, texts=self.queries)
+        return index.search(query_emb, self.search_depth, exclude=self.filters, texts=self.search_texts(memory))
+
+    def search_texts(self, memory: RetrievalMemory | None) -> list[str]:
+        """The texts of a search's lexical term: ``lexical_queries`` when given, else ``queries``; a memory whose
+        lexical rows are of another text mode is refused without ``lexical_queries`` (its term would compare the
+        wrong texts)."""
+        if self.lexical_queries is not None:
+            return self.lexical_queries
+        mode = None if memory is None else memory.lexical_text_mode
+        if mode is not None:
+            raise ValueError(
+                f"the retrieval memory's lexical neighbours are {mode!r} texts: give this evaluator the queries' "
+                f"{mode!r} texts (lexical_queries, or from_xmc_dataset(lexical_query_mode={mode!r}))"
+            )
+        return self.queries
 
     def compute_metrics(self, topk: np.ndarray) -> dict[str, float]:
         return xmc_metrics(topk, self.truth, ks=self.ks, inv_propensity=self.inv_propensity)
