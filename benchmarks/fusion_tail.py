@@ -12,7 +12,8 @@ tuned on the **validation** split and scored on test, side by side:
 - ``+ agreement gate``: a per-query λ, ``1 − (1 − λ)·a_q^γ`` with ``a_q`` the neighbours' agreement
   (``dexml_hf.retrieval.query_weights``; γ in the grid), with and without the guard;
 - with ``--lexical``, three more rows: the default chosen by P@5+nDCG@5+PSP@5, and both criteria with the memory's
-  lexical neighbours (TF-IDF of the training titles, ``dexml_hf.lexical``; their share β chosen on validation).
+  lexical neighbours (TF-IDF of the training titles, or of ``--lexical-text-mode`` texts such as ``title_content``,
+  ``dexml_hf.lexical``; their share β chosen on validation).
 
     python benchmarks/fusion_tail.py --dataset cooking --epochs 2 --model-dir /tmp/fusion_cooking
     python benchmarks/fusion_tail.py --dataset eurlex57k --max-train 4000 --max-val 1000 --max-test 1000 \\
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         "--label-text-mode", default="title", choices=["title", "title_alt"], help="label texts (training and index)"
     )
     parser.add_argument("--lexical", action="store_true", help="add the rows with lexical neighbours (scikit-learn)")
+    parser.add_argument(
+        "--lexical-text-mode",
+        default="title",
+        choices=["title", "content", "title_content"],
+        help="--lexical: the text mode of the lexical neighbours (the model always reads the titles)",
+    )
     parser.add_argument("--model-dir", default=None, help="save the trained model here; reuse it when present")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
@@ -123,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         split: index.encode_queries(model, xmc.query_texts(split, "title"), batch_size=128, show_progress_bar=bars)
         for split in ("train", "validation", "test")
     }
-    texts = {split: xmc.query_texts(split, "title") for split in ("train", "validation", "test")}
-    lexical = LexicalNeighbours.fit(texts["train"]) if args.lexical else None
+    words = {split: xmc.query_texts(split, args.lexical_text_mode) for split in ("train", "validation", "test")}
+    lexical = LexicalNeighbours.fit(words["train"]) if args.lexical else None
     memory = RetrievalMemory(
         encode["train"], xmc.label_matrices["train"], normalized=index.normalized, lexical=lexical
     )
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         memory.set_params(lam, k, temperature, agreement)
         memory.set_lexical_params(*lexical_params)
         index.memory = memory if lam < 1.0 else None
-        _, ids = index.search(encode["test"], k=100, exclude=exclude, texts=texts["test"])
+        _, ids = index.search(encode["test"], k=100, exclude=exclude, texts=words["test"])
         return xmc_metrics(ids, truth, ks=(1, 3, 5), inv_propensity=inv_p)
 
     def row(method: str, metrics: dict, note: str = "", seconds: float = 0.0) -> dict:
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             exclude=xmc.filters.get("validation"),
             guard=guard,
             guard_margin=margin,
-            query_texts=texts["validation"] if use_lexical else None,
+            query_texts=words["validation"] if use_lexical else None,
         )
         seconds = time.perf_counter() - start
         note = f"λ {result.lam}, k {result.k}, T {result.temperature}, gate {result.agreement}"

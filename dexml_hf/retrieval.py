@@ -974,7 +974,8 @@ def tune_retrieval(
         same = train_texts is not None and lexical_mode == query_mode
         lexical_texts = train_texts if same else xmc.query_texts("train", lexical_mode)
     # fitted on every training query: the held-out slice below (no validation split) shares the idf, not its rows
-    words = LexicalNeighbours.fit(lexical_texts, text_mode=lexical_text_mode) if lexical else None
+    own_mode = lexical_mode if lexical_mode != query_mode else None  # the embedded texts need no second mode
+    words = LexicalNeighbours.fit(lexical_texts, text_mode=own_mode) if lexical else None
     full = RetrievalMemory(
         train_embeddings, train_matrix, normalized=index.normalized, dtype=index.dtype, lexical=words
     )

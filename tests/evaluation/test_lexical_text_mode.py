@@ -81,6 +81,8 @@ def test_tuning_fits_and_validates_on_the_mode_and_saves_it(tiny_model, xmc, tmp
     loaded = LabelIndex.load(tmp_path / "idx")
     assert loaded.memory.lexical_text_mode == MODE
     assert loaded.memory.select(np.arange(10)).lexical.text_mode == MODE
+    same = retrieval.tune_retrieval(tiny_model, index, xmc, lexical=True, lexical_text_mode="title")
+    assert same.lexical.text_mode is None  # the embedded texts themselves: no second text to ask for
     with pytest.raises(ValueError, match="needs lexical=True"):
         retrieval.tune_retrieval(tiny_model, index, xmc, lexical_text_mode=MODE)
 
