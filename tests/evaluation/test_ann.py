@@ -202,6 +202,30 @@ def test_tune_reaches_the_target_recall(data, kind, params):
     assert recall_at_k(ann.search(q, 50)[1], exact) == pytest.approx(measured["recall"])  # independent check
 
 
+@pytest.mark.parametrize("kind,params", [("hnsw", {"M": 8, "efSearch": 16}), ("ivf", {"nlist": 64, "nprobe": 1})])
+def test_tune_refines_between_grid_values_to_the_smallest_setting_reaching_the_target(data, kind, params):
+    from dexml_hf.ann import _EF_GRID, _NPROBE_GRID, _between
+
+    x, q = data
+    ann = ApproximateIndex.build(x, kind=kind, **params)
+    _, exact = brute(q, x, 50)
+    name = "efSearch" if kind == "hnsw" else "nprobe"
+
+    def recall(value: int) -> float:  # measured here, one search per value, against numpy brute force
+        return recall_at_k(ann.search(q, 50, **{name: value})[1], exact)
+
+    target = 0.97
+    chosen = ann.tune(q, k=50, target_recall=target)[name]
+    assert recall(chosen) >= target
+    grid = _EF_GRID if kind == "hnsw" else [*(v for v in _NPROBE_GRID if v < 64), 64]
+    refined = sorted({*grid, *(v for a, b in zip(grid, grid[1:]) for v in _between(a, b))})
+    below = [v for v in refined if v < chosen]
+    assert below and recall(below[-1]) < target  # the next smaller setting tuning could pick misses the target
+    coarse = min(v for v in grid if recall(v) >= target)
+    assert chosen <= coarse
+    assert chosen > params[name]
+
+
 def test_four_bit_pq_in_ivf_lists_is_fast_scan_and_stays_so_after_save_and_load(data, tmp_path):
     import faiss
 
