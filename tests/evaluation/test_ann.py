@@ -232,6 +232,7 @@ def test_four_bit_pq_in_ivf_lists_is_fast_scan_and_stays_so_after_save_and_load(
     x, q = data
     ann = ApproximateIndex.build(x, kind="ivf", **FAST_SCAN)
     assert isinstance(faiss.downcast_index(ann.index), faiss.IndexIVFPQFastScan)
+    assert faiss.downcast_index(ann.index).by_residual  # codes of the residual to the cell's centroid
     eight_bit = ApproximateIndex.build(x, kind="ivf", **{**FAST_SCAN, "pq_nbits": 8})
     assert not isinstance(faiss.downcast_index(eight_bit.index), faiss.IndexIVFPQFastScan)
     ann.remove(np.arange(0, N, 3))
@@ -240,6 +241,46 @@ def test_four_bit_pq_in_ivf_lists_is_fast_scan_and_stays_so_after_save_and_load(
     assert isinstance(faiss.downcast_index(loaded.index), faiss.IndexIVFPQFastScan)
     for a, b in zip(loaded.search(q, 20), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_residual_fast_scan_codes_rank_closer_to_exact_than_codes_of_the_vectors(data):
+    """The reason for "fsr": with re-ranking off, the codes' own top-k agrees more with exact search."""
+    import faiss
+
+    x, q = data
+    _, exact = brute(q, x, 20)
+    recalls = {}
+    for suffix in ("fs", "fsr"):
+        index = faiss.index_factory(D, f"IVF32,PQ16x4{suffix}", faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.add(x)
+        index.nprobe = 32
+        recalls[suffix] = recall_at_k(index.search(q, 20)[1], exact)
+    ann = ApproximateIndex.build(x, kind="ivf", **{**FAST_SCAN, "nprobe": 32}, keep_vectors=False)
+    assert not ann.reranks
+    assert recall_at_k(ann.search(q, 20)[1], exact) == pytest.approx(recalls["fsr"])
+    assert recalls["fsr"] > recalls["fs"]
+
+
+def test_tune_takes_the_shallowest_rerank_that_keeps_the_target(data):
+    from dexml_hf.ann import _RERANK_GRID
+
+    x, q = data
+    ann = ApproximateIndex.build(x, kind="ivf", **{**FAST_SCAN, "nprobe": 1}, rerank=30)
+    _, exact = brute(q, x, 20)
+
+    def recall(**overrides) -> float:
+        return recall_at_k(ann.search(q, 20, **overrides)[1], exact)
+
+    measured = ann.tune(q, k=20, target_recall=0.95)
+    depth = ann.params["rerank"]
+    assert measured["rerank"] == depth < 30
+    assert recall() == pytest.approx(measured["recall"]) and measured["recall"] >= 0.95
+    shallower = [v for v in _RERANK_GRID if v < depth]
+    assert all(recall(rerank=v) < 0.95 for v in shallower)
+    assert recall(rerank=30) >= recall(rerank=1)  # the override reaches the search depth
+    with pytest.raises(ValueError, match="unknown search parameter"):
+        ann.search(q, 5, ef=3)
 
 
 def test_candidate_rows_are_ordered_like_a_full_sort_with_ties_at_the_cut():
