@@ -9,7 +9,8 @@
 
 ``codes`` is how faiss stores the vectors: ``flat`` (fp32), ``fp16``, ``sq8`` (one byte a dimension) or ``pq``
 (``pq_m`` sub-quantisers of ``pq_nbits`` bits a vector; with 4 bits an IVF index scans them with faiss's
-fast-scan kernels, the fastest option at 1M+ rows when re-ranked). With compressed codes the scores faiss returns are approximate; when the full-precision
+fast-scan kernels, codes of each vector's residual to its cell's centroid: the fastest option at 1M+ rows when
+re-ranked). With compressed codes the scores faiss returns are approximate; when the full-precision
 vectors are at hand (``vectors=``, e.g. the :class:`~dexml_hf.index.LabelIndex` embeddings, no copy) the search
 fetches ``rerank × k`` candidates and re-scores them exactly, so the returned scores are true inner products.
 Results are ordered like the exact path (score descending, then id ascending); empty places have id ``-1`` and

@@ -292,7 +292,7 @@ class DEXMLModelCardData(SentenceTransformerModelCardData):
             "kind": entry["kind"],
             "codes": entry.get("codes", "flat"),
             "params": ", ".join(f"{k}={v}" for k, v in params.items()) or "no parameters",
-            "reranks": bool(entry.get("reranks")),
+            "reranks": (entry.get("params") or {}).get("rerank", 1) if entry.get("reranks") else None,
             "recall": None,
         }
         recall = entry.get("recall")

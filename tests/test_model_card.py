@@ -150,7 +150,8 @@ def test_card_shows_the_saved_approximate_index_and_its_recall(tiny_model_path, 
 
     card = DEXMLModelCardData(approximate_search=entry)
     text = card.render()
-    assert "### Approximate search" in text and "faiss `ivf`, `sq8`" in text and "re-ranked exactly" in text
+    assert "### Approximate search" in text and "faiss `ivf`, `sq8`" in text
+    assert f"the top {entry['params']['rerank']}·k candidates re-ranked exactly" in text  # the tuned depth
     assert f"nlist=8, nprobe={entry['params']['nprobe']}" in text
     assert f"recall@5 against exact search: **{recall['recall']:.4f}** (target\n0.9) on 30 tuning queries" in text
     # the same from the loaded index (what DEXMLTrainer.save_model does with its label index)
