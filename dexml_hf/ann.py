@@ -77,8 +77,13 @@ def _between(lo: int, hi: int, steps: int = 4) -> list[int]:
 
 
 def allowed_params(kind: str, codes: str) -> set[str]:
-    """The build parameters that ``kind`` with ``codes`` takes (a CLI checks them before any work)."""
-    return set(_DEFAULTS[kind]) | ({"pq_m", "pq_nbits"} if codes == "pq" else set())
+    """The build parameters that ``kind`` with ``codes`` takes (a CLI checks them before any work); ``rerank``
+    (an argument of its own in :meth:`ApproximateIndex.build`) only where compressed codes are re-ranked."""
+    return (
+        set(_DEFAULTS[kind])
+        | ({"pq_m", "pq_nbits"} if codes == "pq" else set())
+        | ({"rerank"} if codes != "flat" else set())
+    )
 
 
 def _faiss():
@@ -211,7 +216,7 @@ class ApproximateIndex:
         n, d = emb.shape
         if n == 0:
             raise ValueError("cannot build an approximate index over zero rows")
-        allowed = allowed_params(kind, codes)
+        allowed = allowed_params(kind, codes) - {"rerank"}
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise ValueError(

@@ -15,7 +15,8 @@ so added labels are predicted at once; a retrieval memory keeps its columns alig
 back through the neighbour term, a new one has no neighbours until the memory is rebuilt with ``dexml-hf memory``).
 
 ``build --approximate hnsw|ivf|flat`` also builds an approximate index (faiss; saved in ``approximate/``) with
-``--codes`` storage and ``--ann_params``; ``--target_recall`` tunes ``efSearch`` / ``nprobe`` for recall@``--tune_k``
+``--codes`` storage and ``--ann_params`` (``rerank``: candidates a result re-scored exactly, compressed codes
+only); ``--target_recall`` tunes ``efSearch`` / ``nprobe`` (then the smallest ``rerank``) for recall@``--tune_k``
 against exact search on tuning queries (``--dataset``: its validation split, else its test split; or
 ``--tune_queries``, one text a line) and stores the measured recall with the index. ``add``, ``update`` and ``remove``
 keep a saved approximate index current (added labels are added to it, removals and updates rebuild it).
@@ -36,7 +37,7 @@ __all__ = ["ACTIONS", "ANN_PARAMS", "IndexArguments", "build_parser", "main", "p
 HELP = "build a label index, or add / update / remove labels of one (no retraining)"
 ACTIONS = ("build", "add", "update", "remove")
 #: ``--ann_params`` keys (all positive integers); which apply depends on ``--approximate`` / ``--codes``
-ANN_PARAMS = ("M", "efConstruction", "efSearch", "nlist", "nprobe", "pq_m", "pq_nbits")
+ANN_PARAMS = ("M", "efConstruction", "efSearch", "nlist", "nprobe", "pq_m", "pq_nbits", "rerank")
 
 
 @dataclass

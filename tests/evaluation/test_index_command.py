@@ -230,6 +230,11 @@ def test_build_approximate_with_label_file_tune_queries_and_a_sample(tiny_model_
     saved = json.loads((idx / "label_index.json").read_text())["approximate"]
     assert saved["codes"] == "sq8" and saved["params"]["nlist"] == 16 and saved["reranks"]
     assert saved["recall"]["n_queries"] == 7 and saved["recall"]["recall"] >= 0.8
+    assert saved["params"]["rerank"] <= 4  # tuned from sq8's default depth down
+    # a re-ranking depth from the command line is kept when nothing is tuned
+    assert main([*argv, *opts[:-4], "--ann_params", "nlist=16,nprobe=2,rerank=7", "--output", str(idx)]) == 0
+    saved = json.loads((idx / "label_index.json").read_text())["approximate"]
+    assert saved["params"]["rerank"] == 7 and LabelIndex.load(idx).approximate.params["rerank"] == 7
     # no --target_recall: built with the given parameters, nothing measured
     assert main([*argv, "--approximate", "hnsw", "--ann_params", "M=8,efSearch=40", "--output", str(idx)]) == 0
     assert "recall not measured" in capsys.readouterr().out
@@ -275,6 +280,7 @@ def test_approximate_option_errors_are_one_line(tiny_model_path, tmp_path, capsy
         ([*base, "--approximate", "ivf", "--ann_params", "nlist=two"], "nlist='two' is not a positive integer"),
         ([*base, "--approximate", "ivf", "--ann_params", "nlist"], "'nlist' is not key=value"),
         ([*base, "--approximate", "hnsw", "--ann_params", "nlist=2"], "nlist does not apply to --approximate hnsw"),
+        ([*base, "--approximate", "hnsw", "--ann_params", "rerank=3"], "rerank does not apply to --approximate hnsw"),
         ([*base, "--approximate", "ivf", "--codes", "pq", "--ann_params", "nlist=2,pq_m=5"], "pq_m=5 must divide"),
         ([*base, "--approximate", "annoy"], "invalid choice: 'annoy'"),
         ([*base, "--codes", "sq8"], "--codes needs --approximate"),
