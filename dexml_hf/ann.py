@@ -456,6 +456,8 @@ class ApproximateIndex:
         if unknown:
             raise ValueError(f"unknown search parameter(s) {unknown}: efSearch (hnsw), nprobe (ivf) or rerank")
         rerank = overrides.pop("rerank", self.params.get("rerank", 1))
+        if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 1:
+            raise ValueError(f"rerank must be a positive integer (candidates per result), got {rerank!r}")
         excluded = None
         if exclude is not None:
             width = exclude.shape[1] if sp.issparse(exclude) else int(self.ids.max(initial=0)) + 1

@@ -281,6 +281,8 @@ def test_tune_takes_the_shallowest_rerank_that_keeps_the_target(data):
     assert recall(rerank=30) >= recall(rerank=1)  # the override reaches the search depth
     with pytest.raises(ValueError, match="unknown search parameter"):
         ann.search(q, 5, ef=3)
+    with pytest.raises(ValueError, match="rerank must be a positive integer"):
+        ann.search(q, 5, rerank=0)
 
 
 def test_candidate_rows_are_ordered_like_a_full_sort_with_ties_at_the_cut():
