@@ -72,7 +72,7 @@ _RERANK_GRID = (1, 2, 3, 5, 10, 20, 30, 50)
 
 def _between(lo: int, hi: int, steps: int = 4) -> list[int]:
     """Up to ``steps - 1`` integers evenly spaced strictly between ``lo`` and ``hi`` (the grid's refinement: at 1M
-    labels nprobe 320 reaches a recall target that the coarse grid could only meet at 384)."""
+    labels nprobe 288 reaches a recall target that the coarse grid could only meet at 384)."""
     return sorted({round(lo + (hi - lo) * j / steps) for j in range(1, steps)} - {lo, hi})
 
 
@@ -562,7 +562,8 @@ class ApproximateIndex:
         value that missed and the first that reached the target a binary search over intermediate values refines
         the choice. If none reaches it, the largest tried is kept and the shortfall logged. A re-ranked index then
         takes the smallest ``rerank`` (of the built one and :data:`_RERANK_GRID` below it) that keeps the target:
-        fewer candidates fetched and re-scored a query. ``flat`` indexes have nothing to tune: their recall is measured only."""
+        fewer candidates fetched and re-scored a query. ``flat`` indexes have nothing to tune: their recall is
+        measured only."""
         if not 0.0 < float(target_recall) <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {target_recall!r}")
         q = _as_numpy(queries)
