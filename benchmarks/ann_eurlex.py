@@ -2,8 +2,8 @@
 
 The bundled all-MiniLM-L6-v2 (no training: the comparison is between searches over the same embeddings) embeds the
 4,271 label titles and the test titles; the exact :class:`~dexml_hf.index.LabelIndex` search is compared with HNSW,
-IVF and IVF over fast-scan PQ codes built by :meth:`LabelIndex.build_approximate`, tuned for recall@100 ≥ ``--target-recall`` on the validation
-titles (never on test). Reports P@1/3/5, nDCG@5, PSP@5, R@100 and the largest absolute difference to exact.
+IVF and IVF over fast-scan PQ codes built by :meth:`LabelIndex.build_approximate`, tuned for recall@100 ≥
+``--target-recall`` on the validation titles (never on test). Reports P@1/3/5, nDCG@5, PSP@5, R@100 and the largest absolute difference to exact.
 
     python benchmarks/ann_eurlex.py                 # all 6,000 test / 1,000 validation titles
     python benchmarks/ann_eurlex.py --quick         # 500 test / 200 validation titles

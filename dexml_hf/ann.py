@@ -581,17 +581,17 @@ class ApproximateIndex:
         def measure(value) -> float:
             return recall_at_k(self.search(q, k, **({name: value} if name else {}))[1], exact)
 
-        chosen, recall, previous = None, 0.0, None
+        chosen, recall, missed = None, 0.0, None
         for value in tqdm(grid, desc=f"tuning {name or 'recall'}", disable=not show_progress_bar, leave=False):
             recall = measure(value)
             if recall >= target_recall:
                 chosen = value
                 break
-            chosen, previous = value, value
-        else:
-            previous = None  # the target was missed: keep the largest value, nothing to refine
-        if previous is not None:  # refine between the last value that missed and the first that reached it
-            between = _between(previous, chosen)
+            missed = value
+        else:  # the target was missed: keep the largest value tried, nothing to refine
+            chosen, missed = missed, None
+        if missed is not None:  # refine between the last value that missed and the first that reached it
+            between = _between(missed, chosen)
             lo, hi = 0, len(between)
             while lo < hi:  # binary search: recall grows with efSearch / nprobe (up to noise)
                 mid = (lo + hi) // 2

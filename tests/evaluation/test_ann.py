@@ -277,8 +277,7 @@ def test_tune_takes_the_shallowest_rerank_that_keeps_the_target(data):
     assert measured["rerank"] == depth < 30
     assert recall() == pytest.approx(measured["recall"]) and measured["recall"] >= 0.95
     shallower = [v for v in _RERANK_GRID if v < depth]
-    assert all(recall(rerank=v) < 0.95 for v in shallower)
-    assert recall(rerank=30) >= recall(rerank=1)  # the override reaches the search depth
+    assert shallower and all(recall(rerank=v) < 0.95 for v in shallower)  # so the override reaches the search
     with pytest.raises(ValueError, match="unknown search parameter"):
         ann.search(q, 5, ef=3)
     with pytest.raises(ValueError, match="rerank must be a positive integer"):
